@@ -1,0 +1,5 @@
+"""Entry point for ``python -m edge_runtime``."""
+
+from edge_runtime.cli import main
+
+raise SystemExit(main())

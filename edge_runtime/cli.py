@@ -1,0 +1,248 @@
+"""Command line: argv → settings → the command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_runtime import __version__
+from edge_runtime.config import DEFAULT_CONFIG_NAME
+from edge_runtime.errors import EdgeRuntimeError
+
+log = logging.getLogger("edge_runtime")
+
+SYSTEM_CONFIG = Path("/etc/edge-runtime") / DEFAULT_CONFIG_NAME
+
+
+def default_config() -> Path | None:
+    """./edge-runtime.toml, else /etc/edge-runtime/edge-runtime.toml, else none (defaults)."""
+    for candidate in (Path(DEFAULT_CONFIG_NAME), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"config file (default: ./{DEFAULT_CONFIG_NAME}, then {SYSTEM_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="edge-runtime",
+        description="Answer devices locally with an INT8 GLM on onnxruntime.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="one local generation, streamed to stdout")
+    _config_arg(gen)
+    gen.add_argument("--model", type=Path, help="model directory (default: model.path)")
+    gen.add_argument("--max-tokens", type=int, help="most tokens to generate")
+    gen.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--repetition-penalty", type=float)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--system", help="system message")
+    gen.add_argument("--raw", action="store_true", help="TEXT is already a formatted prompt")
+    gen.add_argument("--stats", action="store_true", help="print usage and timing to stderr")
+    gen.add_argument("text", metavar="TEXT")
+
+    model = commands.add_parser("model", help="export, build and verify model directories")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    export = model_commands.add_parser("export", help="optimum ONNX export + INT8")
+    _config_arg(export)
+    export.add_argument("--model", required=True, help="Hugging Face directory or hub id")
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--quantize", choices=("int8", "none"), default="int8")
+    export.add_argument("--scheme", choices=("dynamic", "matmul_nbits"), help="INT8 scheme")
+    export.add_argument("--profile", help="device profile whose INT8 scheme to use")
+    export.add_argument("--keep-fp32", action="store_true", help="also keep model.onnx")
+    tiny = model_commands.add_parser("build-tiny", help="build the small GLM for tests")
+    tiny.add_argument("--out", required=True, type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
+    verify.add_argument("directory", type=Path)
+
+    doctor = commands.add_parser("doctor", help="what this box is and whether the model loads")
+    _config_arg(doctor)
+
+    check = commands.add_parser("check-config", help="validate a config, print it resolved")
+    check.add_argument("file", type=Path)
+
+    bench = commands.add_parser("bench", help="benchmarks, side by side with baselines")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="NAME")
+    bench_model = bench_commands.add_parser("model", help="decode speed, TTFT, memory")
+    bench_model.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_model.add_argument("--new-tokens", type=int, default=64)
+    bench_model.add_argument("--prompt-tokens", type=int, default=64)
+    bench_model.add_argument("--repeats", type=int, default=3)
+    bench_model.add_argument("--threads", type=int, default=0)
+    bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit status 0 on success, 1 on a reported error, 2 on usage."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except EdgeRuntimeError as exc:
+        print(f"edge-runtime: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "model":
+        return _model(args)
+    if args.command == "doctor":
+        from edge_runtime import doctor
+
+        return doctor.run(args.config or default_config(), sys.stdout)
+    if args.command == "check-config":
+        from edge_runtime.device import resolve_settings
+
+        resolved = resolve_settings(args.file)
+        print(f"# {args.file}: valid; profile {resolved.choice.profile.name}")
+        print(f"# {resolved.choice.reason}")
+        print(json.dumps(resolved.settings.model_dump(mode="json"), indent=2))
+        return 0
+    if args.command == "bench":
+        return _bench(args)
+    raise AssertionError(args.command)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from edge_runtime.device import resolve_settings
+    from edge_runtime.model.generate import stream
+    from edge_runtime.model.runtime import load_model
+
+    resolved = resolve_settings(args.config or default_config())
+    settings = resolved.settings
+    model = load_model(
+        args.model or settings.model.path,
+        threads=resolved.threads,
+        verify=settings.model.verify,
+        context_length=settings.model.context_length,
+        context_overflow=settings.model.context_overflow,
+        allow_spinning=settings.runtime.allow_spinning,
+        optimization=settings.runtime.graph_optimization,
+    )
+    overrides: dict[str, Any] = {
+        "max_new_tokens": args.max_tokens or settings.model.max_new_tokens,
+        "seed": args.seed,
+        "stop": tuple(args.stop),
+    }
+    for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.greedy:
+        overrides["do_sample"] = False
+    elif args.temperature is not None or args.seed is not None:
+        overrides.setdefault("do_sample", True)
+    with model:
+        params = model.default_params(**overrides)
+        if args.raw:
+            generation = model.generate(model.tokenizer.encode(args.text), params)
+        else:
+            messages = [{"role": "user", "content": args.text}]
+            if args.system:
+                messages.insert(0, {"role": "system", "content": args.system})
+            generation = model.chat(messages, params)
+
+        async def emit() -> None:
+            async for delta in stream(generation, model.executor):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+
+        asyncio.run(emit())
+        sys.stdout.write("\n")
+        result = generation.result
+        if args.stats:
+            print(
+                f"finish={result.finish_reason} prompt_tokens={result.usage.prompt_tokens} "
+                f"completion_tokens={result.usage.completion_tokens} "
+                f"ttft_ms={result.timing.time_to_first_token_s * 1000:.1f} "
+                f"decode_tok_s={result.decode_tokens_per_s:.1f}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    if args.model_command == "verify":
+        from edge_runtime.model.verify import verify_directory
+
+        return verify_directory(args.directory, sys.stdout)
+    from edge_runtime.model.export import ExportOptions
+
+    if args.model_command == "build-tiny":
+        from edge_runtime.model.tiny import build_tiny
+
+        manifest = build_tiny(args.out, seed=args.seed)
+        print(f"wrote {args.out} ({manifest.files[manifest.graph].size / 1e6:.1f} MB graph)")
+        return 0
+    from edge_runtime.device import resolve_settings
+    from edge_runtime.model.export import export_model
+
+    resolved = resolve_settings(args.config or default_config(), profile=args.profile)
+    quantization = resolved.settings.quantization
+    if args.scheme:
+        quantization = quantization.model_copy(update={"scheme": args.scheme})
+    print(f"INT8 scheme {quantization.scheme} from profile {resolved.choice.profile.name}")
+    options = ExportOptions(
+        quantize=args.quantize,
+        quantization=quantization,
+        keep_fp32=args.keep_fp32,
+        threads=resolved.threads,
+    )
+    manifest = export_model(args.model, args.out, options)
+    for parity in manifest.parity:
+        print(
+            f"{parity.graph} vs {parity.reference}: top-1 {parity.top1_agreement:.1%}, "
+            f"greedy identical {parity.greedy_match:.0%}"
+        )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge_runtime.bench.model import ModelBenchArgs, run
+
+    result = run(
+        ModelBenchArgs(
+            json=args.json,
+            cache_dir=args.cache_dir,
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            threads=args.threads,
+        ),
+        sys.stderr if args.json else sys.stdout,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,185 @@
+"""The settings tree: pydantic models loaded from one TOML file over a device-profile overlay."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_runtime.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "edge-runtime.toml"
+
+
+class _Section(BaseModel):
+    # Frozen so a running daemon can hand the same object to every part; extra="forbid" so a
+    # misspelt key is an error at load time, not a silently ignored line.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSettings(_Section):
+    """Which model to serve and how generations are bounded."""
+
+    path: Path = Path("models/glm-tiny")
+    # Hashing a multi-GB graph takes seconds: "full" checks every byte against the manifest,
+    # "size" only the sizes, "off" nothing.
+    verify: Literal["full", "size", "off"] = "full"
+    context_length: int = Field(2048, ge=16)
+    max_new_tokens: int = Field(256, ge=1)
+    # What to do when a chat does not fit the context window: drop the oldest turns (keeping
+    # system messages and the last user turn) or refuse the request.
+    context_overflow: Literal["drop_oldest", "error"] = "drop_oldest"
+
+
+class RuntimeSettings(_Section):
+    """How onnxruntime uses the box."""
+
+    # 0 means the physical cores we may use (affinity and cgroup quota included).
+    threads: int = Field(0, ge=0)
+    # Spinning burns a core while idle; an edge daemon is idle most of the time.
+    allow_spinning: bool = False
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class QuantizationSettings(_Section):
+    """The INT8 scheme `model export` uses on this class of box."""
+
+    scheme: Literal["dynamic", "matmul_nbits"] = "dynamic"
+    # quantize_dynamic: 7-bit weights avoid VPMADDUBSW saturation on x86 without VNNI.
+    reduce_range: bool = False
+    per_channel: bool = False
+    # MatMulNBits: accuracy_level 4 selects the int8 compute kernels.
+    block_size: int = Field(32, ge=16)
+    accuracy_level: int = Field(4, ge=0, le=4)
+
+
+class LimitSettings(_Section):
+    """Explicit bounds on work the daemon accepts."""
+
+    max_concurrent: int = Field(2, ge=1)
+    max_queue: int = Field(16, ge=0)
+    max_payload_bytes: int = Field(64 * 1024, ge=256)
+    # 0: no bound. Used for systemd's MemoryMax and checked by `doctor` against the model size.
+    memory_max_mb: int = Field(0, ge=0)
+
+
+class DeviceSettings(_Section):
+    """Which device profile applies."""
+
+    # "auto" picks the best match for the detected hardware; a name forces that profile.
+    profile: str = "auto"
+    # Extra directory searched for profiles before the packaged ones.
+    profiles_dir: Path | None = None
+
+
+class LogSettings(_Section):
+    """Logging output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    """The whole configuration of one daemon."""
+
+    model_provider: Literal["onnx"] = "onnx"
+    timeout_seconds: float = Field(30.0, gt=0)
+    model: ModelSettings = ModelSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
+    limits: LimitSettings = LimitSettings()
+    device: DeviceSettings = DeviceSettings()
+    log: LogSettings = LogSettings()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read one TOML file; syntax errors name the file and the line."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=path) from None
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two TOML tables; values in ``over`` win, tables merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            out[key] = merge(below, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _has_key(table: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
+    node: Any = table
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def build_settings(
+    user: Mapping[str, Any],
+    *,
+    user_file: Path | None = None,
+    overlay: Mapping[str, Any] | None = None,
+    overlay_file: Path | None = None,
+) -> Settings:
+    """Validate ``user`` over ``overlay`` (a device profile's settings) into a Settings tree.
+
+    Errors name the dotted key and the file the offending value came from.
+    """
+    combined = merge(overlay or {}, user)
+    # Paths in a config file are relative to that file, so a config works from any cwd.
+    if user_file is not None:
+        combined = _anchor_paths(combined, user, user_file.parent)
+    try:
+        return Settings.model_validate(combined)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key = ".".join(str(part) for part in loc)
+        origin = user_file
+        if overlay is not None and not _has_key(user, loc) and _has_key(overlay, loc):
+            origin = overlay_file
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in first and first["type"] != "missing":
+            message = f"{message} (got {first['input']!r})"
+        raise ConfigError(message, file=origin, key=key) from None
+
+
+_PATH_KEYS = (("model", "path"), ("device", "profiles_dir"))
+
+
+def _anchor_paths(combined: dict[str, Any], user: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(combined)
+    for section, key in _PATH_KEYS:
+        value = user.get(section, {}).get(key) if isinstance(user.get(section), Mapping) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[section] = dict(out[section])
+            out[section][key] = str(base / value)
+    return out
+
+
+def load_settings(
+    path: Path | None,
+    *,
+    overlay: Mapping[str, Any] | None = None,
+    overlay_file: Path | None = None,
+) -> Settings:
+    """Load ``path`` (or defaults when None) over an optional profile overlay."""
+    user = read_toml(path) if path is not None else {}
+    return build_settings(user, user_file=path, overlay=overlay, overlay_file=overlay_file)

@@ -1,0 +1,109 @@
+"""The one exception tree of edge-runtime; every error knows the Status it answers with.
+
+::
+
+    EdgeRuntimeError                     500
+    ├── ConfigError                      500  a key in a config or profile file is wrong
+    ├── ModelError                       500  a model directory cannot be served
+    │   ├── ModelFileError               500  a file is missing, unreadable or fails its hash
+    │   ├── ModelFormatError             500  a graph, config or tokenizer lacks what we need
+    │   └── ExportError                  500  the export or quantization step failed
+    ├── RequestError                     400  the request itself is wrong
+    │   ├── ContextLengthError           413  the prompt does not fit the context window
+    │   ├── PayloadTooLargeError         413
+    │   └── UnsupportedMediaTypeError    415
+    ├── BusyError                        503  a bound is full; retry later
+    ├── DeadlineExceededError            504
+    └── GenerationCancelledError         500  the caller cancelled a generation
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_runtime.messages import Status
+
+
+class EdgeRuntimeError(Exception):
+    """Base of every error edge-runtime raises on purpose."""
+
+    status: Status = Status.INTERNAL_ERROR
+
+
+class ConfigError(EdgeRuntimeError):
+    """A configuration or device-profile file is invalid; names the file and the key."""
+
+    def __init__(self, message: str, *, file: Path | str | None = None, key: str | None = None):
+        self.file = str(file) if file is not None else None
+        self.key = key
+        where = ""
+        if self.file:
+            where = f"{self.file}: "
+        if key:
+            where += f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class ModelError(EdgeRuntimeError):
+    """A model directory cannot be loaded or served."""
+
+
+class ModelFileError(ModelError):
+    """A file of a model directory is missing, unreadable or does not match its hash."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelFormatError(ModelError):
+    """A graph, model config or tokenizer does not have the shape the runtime needs."""
+
+
+class ExportError(ModelError):
+    """Exporting or quantizing a checkpoint failed."""
+
+
+class RequestError(EdgeRuntimeError):
+    """The request is malformed or asks for something impossible."""
+
+    status = Status.BAD_REQUEST
+
+
+class ContextLengthError(RequestError):
+    """The prompt alone does not fit the model's context window."""
+
+    status = Status.PAYLOAD_TOO_LARGE
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is larger than the configured bound."""
+
+    status = Status.PAYLOAD_TOO_LARGE
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """The request body is in a format we do not read."""
+
+    status = Status.UNSUPPORTED_MEDIA_TYPE
+
+
+class BusyError(EdgeRuntimeError):
+    """A queue or concurrency bound is full; the client should retry after ``retry_after`` s."""
+
+    status = Status.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str = "busy", *, retry_after: float = 1.0):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class DeadlineExceededError(EdgeRuntimeError):
+    """The request's deadline passed before it was answered."""
+
+    status = Status.GATEWAY_TIMEOUT
+
+
+class GenerationCancelledError(EdgeRuntimeError):
+    """A generation was cancelled by its caller."""

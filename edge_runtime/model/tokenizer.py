@@ -1,0 +1,191 @@
+"""A model's tokenizer: tokenizer.json, the chat template and streaming detokenization."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
+
+from edge_runtime.errors import ModelFileError, ModelFormatError
+
+Message = Mapping[str, Any]
+
+# GLM-4's special tokens; `[gMASK]<sop>` opens every prompt and the model ends a turn by
+# emitting <|user|> or <|observation|> (or <|endoftext|>).
+GLM_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+)
+GLM_TURN_END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+
+
+class _TemplateRaisedError(Exception):
+    pass
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateRaisedError(message)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    # Hugging Face templates expect plain json.dumps (no HTML escaping, unicode kept).
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now(UTC).strftime(fmt)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    # Chat templates ship with model files: render them sandboxed, as transformers does.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A rendered prompt and its token ids."""
+
+    text: str
+    ids: list[int]
+
+
+class ChatTokenizer:
+    """tokenizer.json plus the chat template from tokenizer_config.json."""
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str, config: Mapping[str, Any]):
+        self._tokenizer = tokenizer
+        self._config = dict(config)
+        try:
+            self._template = _environment().from_string(chat_template)
+        except TemplateError as exc:
+            raise ModelFormatError(f"tokenizer_config.json: chat_template: {exc}") from None
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> ChatTokenizer:
+        """Load ``tokenizer.json`` and ``tokenizer_config.json`` from a model directory."""
+        tok_path = directory / "tokenizer.json"
+        cfg_path = directory / "tokenizer_config.json"
+        for path in (tok_path, cfg_path):
+            if not path.is_file():
+                raise ModelFileError(path, "missing")
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise ModelFileError(tok_path, f"not a tokenizers file: {exc}") from None
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(cfg_path, f"unreadable: {exc}") from None
+        if not isinstance(config, dict):
+            raise ModelFileError(cfg_path, "not a JSON object")
+        template = _pick_template(config.get("chat_template"))
+        if template is None:
+            raise ModelFormatError(
+                f"{cfg_path}: no chat_template; a chat model needs one to format its prompts"
+            )
+        return cls(tokenizer, template, config)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the vocabulary, added tokens included."""
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def token_id(self, token: str) -> int | None:
+        """Id of a token (special tokens included), or None if unknown."""
+        value = self._tokenizer.token_to_id(token)
+        return None if value is None else int(value)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render a conversation with the model's chat template."""
+        try:
+            return self._template.render(
+                messages=list(messages),
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._config.get("bos_token", ""),
+                eos_token=self._config.get("eos_token", ""),
+            )
+        except _TemplateRaisedError as exc:
+            raise ModelFormatError(f"chat template refused the conversation: {exc}") from None
+        except TemplateError as exc:
+            raise ModelFormatError(f"chat template failed: {exc}") from None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of already formatted text.
+
+        The template writes `[gMASK]<sop>` itself; the tokenizer's post-processor would add
+        them a second time, so special tokens are never added here.
+        """
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Encoded:
+        """Render and encode a conversation, ready for the assistant's turn."""
+        text = self.render(messages, tools=tools, add_generation_prompt=True)
+        return Encoded(text=text, ids=self.encode(text))
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of token ids."""
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder that turns ids into text deltas one token at a time."""
+        return StreamDecoder(self._tokenizer)
+
+
+class StreamDecoder:
+    """Incremental detokenization that never emits part of a UTF-8 sequence.
+
+    Byte-level BPE splits multibyte characters across tokens; tokenizers' DecodeStream holds a
+    token back until the bytes decode, and keeps the word-boundary context between calls.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        """Text that ``token_id`` completes ("" while a character is still partial)."""
+        piece = self._stream.step(self._tokenizer, token_id)
+        return piece or ""
+
+
+def _pick_template(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value
+    # Some tokenizer configs carry a list of named templates.
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        chosen = named.get("default") or next(iter(named.values()), None)
+        return chosen if isinstance(chosen, str) else None
+    return None
