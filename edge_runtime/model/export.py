@@ -6,9 +6,12 @@ optimum). Nothing here is imported by the daemon.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -137,6 +140,20 @@ def export_model(
     return manifest
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence tracer and quantizer chatter that says nothing actionable to the user."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def _optimum_export(source: str, out: Path, config: Any) -> None:
     from optimum.exporters.onnx import main_export
 
@@ -151,13 +168,14 @@ def _optimum_export(source: str, out: Path, config: Any) -> None:
             )
         }
     try:
-        main_export(
-            source,
-            output=out,
-            task="text-generation-with-past",
-            do_validation=False,
-            **kwargs,
-        )
+        with _quiet():
+            main_export(
+                source,
+                output=out,
+                task="text-generation-with-past",
+                do_validation=False,
+                **kwargs,
+            )
     except Exception as exc:
         raise ExportError(f"optimum export of {source} failed: {exc}") from exc
     if not (out / "model.onnx").is_file():
@@ -166,47 +184,55 @@ def _optimum_export(source: str, out: Path, config: Any) -> None:
 
 def quantize(fp32: Path, out: Path, settings: QuantizationSettings) -> Quantization:
     """Write an INT8 copy of ``fp32`` to ``out`` with the scheme of ``settings``."""
-    import onnx
-
-    large = _graph_bytes(fp32) > TWO_GB
     try:
-        if settings.scheme == "dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(
-                fp32,
-                out,
-                weight_type=QuantType.QInt8,
-                per_channel=settings.per_channel,
-                reduce_range=settings.reduce_range,
-                use_external_data_format=large,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-            return Quantization(
-                scheme="dynamic",
-                weight_type="int8",
-                reduce_range=settings.reduce_range,
-                per_channel=settings.per_channel,
-            )
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(fp32)),
-            bits=8,
-            block_size=settings.block_size,
-            is_symmetric=True,
-            accuracy_level=settings.accuracy_level,
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out), use_external_data_format=large)
-        return Quantization(
-            scheme="matmul_nbits",
-            weight_type="int8",
-            block_size=settings.block_size,
-            accuracy_level=settings.accuracy_level,
-        )
+        with _quiet():
+            return _quantize(fp32, out, settings, large=_graph_bytes(fp32) > TWO_GB)
     except Exception as exc:
         raise ExportError(f"quantizing {fp32.name} ({settings.scheme}) failed: {exc}") from exc
+
+
+def _quantize(
+    fp32: Path, out: Path, settings: QuantizationSettings, *, large: bool
+) -> Quantization:
+    import onnx
+
+    if settings.scheme == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            fp32,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            use_external_data_format=large,
+            # Required once attention is fused into GroupQueryAttention; harmless before.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return Quantization(
+            scheme="dynamic",
+            weight_type="int8",
+            reduce_range=settings.reduce_range,
+            per_channel=settings.per_channel,
+        )
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(fp32)),
+        bits=8,
+        block_size=settings.block_size,
+        is_symmetric=True,
+        # Level 4 selects the int8 compute kernels; without it MatMulNBits is far slower.
+        accuracy_level=settings.accuracy_level,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=large)
+    return Quantization(
+        scheme="matmul_nbits",
+        weight_type="int8",
+        block_size=settings.block_size,
+        accuracy_level=settings.accuracy_level,
+    )
 
 
 def _graph_bytes(graph: Path) -> int:

@@ -46,6 +46,10 @@ class TextDecoder(Protocol):
         """Text completed by ``token_id``."""
         ...
 
+    def flush(self) -> str:
+        """Text still held back when the generation ends."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
@@ -196,6 +200,13 @@ class Generation:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
+        else:
+            # Not cut by a stop string: release what the detokenizer still holds.
+            text += self._text_decoder.flush()
+            cut = _find_stop(text, params.stop, emitted)
+            if cut is not None:
+                text = text[:cut]
+                finish = "stop"
         if len(text) > emitted:
             yield text[emitted:]
         clock.finished = self._clock()

@@ -81,6 +81,57 @@ def train_tokenizer(directory: Path, vocab_size: int, max_length: int = 2048) ->
     return int(tokenizer.get_vocab_size(with_added_tokens=True))
 
 
+def make_checkpoint(
+    directory: Path,
+    *,
+    seed: int = 0,
+    shape: TinyShape | None = None,
+    model_type: str = "glm",
+) -> Path:
+    """Write a seeded-random GLM checkpoint (weights, configs, tokenizer) into ``directory``."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import (
+        GenerationConfig,
+        Glm4Config,
+        Glm4ForCausalLM,
+        GlmConfig,
+        GlmForCausalLM,
+    )
+
+    shape = shape or TinyShape()
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = train_tokenizer(directory, shape.vocab_size, shape.max_positions)
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    eos = [tok.token_to_id(t) for t in GLM_TURN_END_TOKENS]
+    config_class, model_class = (
+        (Glm4Config, Glm4ForCausalLM) if model_type == "glm4" else (GlmConfig, GlmForCausalLM)
+    )
+    config = config_class(
+        # Padded to a multiple of 64 as GLM-4 pads its 151,329-token vocabulary.
+        vocab_size=(vocab + 63) // 64 * 64,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_positions,
+        partial_rotary_factor=0.5,
+        pad_token_id=eos[0],
+        eos_token_id=eos,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.save_pretrained(directory)
+    GenerationConfig(
+        do_sample=True, temperature=0.8, top_p=0.8, eos_token_id=eos, pad_token_id=eos[0]
+    ).save_pretrained(directory)
+    return directory
+
+
 def build_tiny(
     out: Path,
     *,
@@ -90,39 +141,8 @@ def build_tiny(
     progress: Progress | None = None,
 ) -> Manifest:
     """Build the tiny GLM checkpoint and export it to ``out`` (INT8 by default)."""
-    import torch
-    from transformers import GenerationConfig, GlmConfig, GlmForCausalLM
-
-    shape = shape or TinyShape()
     with tempfile.TemporaryDirectory(prefix="glm-tiny-") as tmp:
-        checkpoint = Path(tmp)
-        vocab = train_tokenizer(checkpoint, shape.vocab_size, shape.max_positions)
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-        eos = [tok.token_to_id(t) for t in GLM_TURN_END_TOKENS]
-        config = GlmConfig(
-            # Padded to a multiple of 64 as GLM-4 pads its 151,329-token vocabulary.
-            vocab_size=(vocab + 63) // 64 * 64,
-            hidden_size=shape.hidden_size,
-            intermediate_size=shape.intermediate_size,
-            num_hidden_layers=shape.layers,
-            num_attention_heads=shape.heads,
-            num_key_value_heads=shape.kv_heads,
-            head_dim=shape.head_dim,
-            max_position_embeddings=shape.max_positions,
-            partial_rotary_factor=0.5,
-            pad_token_id=eos[0],
-            eos_token_id=eos,
-            bos_token_id=None,
-            tie_word_embeddings=False,
-        )
-        torch.manual_seed(seed)
-        model = GlmForCausalLM(config)
-        model.save_pretrained(checkpoint)
-        GenerationConfig(
-            do_sample=True, temperature=0.8, top_p=0.8, eos_token_id=eos, pad_token_id=eos[0]
-        ).save_pretrained(checkpoint)
+        checkpoint = make_checkpoint(Path(tmp), seed=seed, shape=shape)
         base = options or ExportOptions()
         options = ExportOptions(
             quantize=base.quantize,

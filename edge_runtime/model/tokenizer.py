@@ -173,11 +173,26 @@ class StreamDecoder:
     def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
         self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+        self._sent = 0
 
     def step(self, token_id: int) -> str:
         """Text that ``token_id`` completes ("" while a character is still partial)."""
-        piece = self._stream.step(self._tokenizer, token_id)
-        return piece or ""
+        self._ids.append(token_id)
+        piece = self._stream.step(self._tokenizer, token_id) or ""
+        self._sent += len(piece)
+        return piece
+
+    def flush(self) -> str:
+        """At the end of a generation: what is still held back, as the full decode renders it.
+
+        Bytes that never completed a character come out as U+FFFD, exactly as they do when
+        the whole sequence is decoded at once.
+        """
+        full = str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
+        tail = full[self._sent :]
+        self._sent = len(full)
+        return tail
 
 
 def _pick_template(value: Any) -> str | None:
