@@ -243,7 +243,7 @@ def test_usage_and_timing(tiny_model: Model) -> None:
     assert result.usage.prompt_tokens == len(ids)
     assert result.usage.completion_tokens == 16
     assert result.usage.total_tokens == len(ids) + 16
-    assert 0 < result.timing.time_to_first_token_s
+    assert result.timing.time_to_first_token_s > 0
     assert result.timing.decode_s > 0
     assert result.decode_tokens_per_s > 0
 
@@ -259,9 +259,7 @@ def test_cancel_stops_after_the_current_step(tiny_model: Model) -> None:
         context_length=tiny_model.context_length,
         cancel=cancel,
     )
-    count = 0
-    for _ in generation:
-        count += 1
+    for count, _ in enumerate(generation, start=1):
         if count == 3:
             cancel.cancel()
     assert generation.result.finish_reason == "cancelled"
