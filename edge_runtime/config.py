@@ -48,7 +48,10 @@ class QuantizationSettings(_Section):
     """The INT8 scheme `model export` uses on this class of box."""
 
     scheme: Literal["dynamic", "matmul_nbits"] = "dynamic"
-    # quantize_dynamic: 7-bit weights avoid VPMADDUBSW saturation on x86 without VNNI.
+    # quantize_dynamic: signed (s8) or unsigned (u8) weights. Activations are u8; u8×u8 avoids
+    # VPMADDUBSW saturation on x86 without VNNI at some accuracy cost.
+    weight_type: Literal["int8", "uint8"] = "int8"
+    # quantize_dynamic: 7-bit weights, the other cure for that saturation.
     reduce_range: bool = False
     per_channel: bool = False
     # MatMulNBits: accuracy_level 4 selects the int8 compute kernels.

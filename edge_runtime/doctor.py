@@ -112,7 +112,7 @@ def _describe_settings(report: _Report, resolved: Resolved) -> None:
 def _scheme(settings: Settings) -> str:
     q = settings.quantization
     if q.scheme == "dynamic":
-        flags = f"reduce_range={str(q.reduce_range).lower()}"
+        flags = f"{q.weight_type} weights, reduce_range={str(q.reduce_range).lower()}"
         return f"quantize_dynamic ({flags}, per_channel={str(q.per_channel).lower()})"
     return f"MatMulNBits (block_size={q.block_size}, accuracy_level={q.accuracy_level})"
 

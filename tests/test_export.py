@@ -216,3 +216,25 @@ def test_build_tiny_is_reproducible(tmp_path: Path) -> None:
     first = build_tiny(tmp_path / "a", seed=5, shape=SMALL, options=options)
     second = build_tiny(tmp_path / "b", seed=5, shape=SMALL, options=options)
     assert first.files == second.files
+
+
+def test_unsigned_weights_with_reduced_range(tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "hf", seed=4, shape=SMALL)
+    quantization = QuantizationSettings(weight_type="uint8", reduce_range=True)
+    manifest = export_model(
+        checkpoint, tmp_path / "onnx", ExportOptions(quantization=quantization, parity_tokens=4)
+    )
+    assert manifest.quantization is not None
+    assert (manifest.quantization.weight_type, manifest.quantization.reduce_range) == (
+        "uint8",
+        True,
+    )
+    graph = onnx.load(str(tmp_path / "onnx" / "model_int8.onnx")).graph
+    matmul_weights = {n.input[1] for n in graph.node if n.op_type == "MatMulInteger"}
+    weights = [t for t in graph.initializer if t.name in matmul_weights]
+    assert weights
+    assert {t.data_type for t in weights} == {onnx.TensorProto.UINT8}
+    # reduce_range keeps MatMul weights in 7 bits: never the full byte's range.
+    for tensor in weights:
+        values = onnx.numpy_helper.to_array(tensor)
+        assert int(values.max()) - int(values.min()) <= 127

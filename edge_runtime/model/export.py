@@ -202,7 +202,7 @@ def _quantize(
         quantize_dynamic(
             fp32,
             out,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if settings.weight_type == "uint8" else QuantType.QInt8,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
             use_external_data_format=large,
@@ -211,7 +211,7 @@ def _quantize(
         )
         return Quantization(
             scheme="dynamic",
-            weight_type="int8",
+            weight_type=settings.weight_type,
             reduce_range=settings.reduce_range,
             per_channel=settings.per_channel,
         )
