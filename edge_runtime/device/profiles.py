@@ -243,9 +243,8 @@ def _parse_profile(table: Mapping[str, Any], file: Path) -> Profile:
         config.build_settings({}, overlay=settings, overlay_file=file)
     except ConfigError as exc:
         # Keys inside a profile live under [settings]; name them as the file spells them.
-        prefix = "".join(f"{part}: " for part in (exc.file, exc.key) if part)
         key = f"settings.{exc.key}" if exc.key else "settings"
-        raise ConfigError(str(exc).removeprefix(prefix), file=file, key=key) from None
+        raise ConfigError(exc.reason, file=file, key=key) from None
     return Profile(
         name=name,
         description=description,
