@@ -132,3 +132,12 @@ def test_decoder_rejects_foreign_state(tiny_dir: Path) -> None:
     with load_model(tiny_dir, threads=1) as model, pytest.raises(TypeError):
         model.decoder.forward(object(), [1])  # type: ignore[arg-type]
     assert np.__name__  # numpy stays importable alongside onnx in one process
+
+
+def test_tokenizer_larger_than_the_model(model_copy: Path) -> None:
+    path = model_copy / "config.json"
+    config = json.loads(path.read_text())
+    config["vocab_size"] = 100
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="do not belong together"):
+        load_model(model_copy, threads=1, verify="off")

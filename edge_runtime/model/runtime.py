@@ -246,8 +246,8 @@ class Model:
         self.eos_token_ids = tuple(
             sorted(set(config.eos_token_ids) | {i for i in turn_ends if i is not None})
         )
-        # One thread: a session runs one sequence at a time, and a wasmtime-style
-        # "one owner" rule keeps the KV state single-threaded.
+        # One thread owns the session and every KV state: the decode loop is sequential, and
+        # onnxruntime releases the GIL while it runs, so the event loop stays responsive.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
 
     def close(self) -> None:
@@ -345,6 +345,11 @@ def load_model(
         graph, session_options(threads, allow_spinning=allow_spinning, optimization=optimization)
     )
     layout = GraphLayout.of(session, graph)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelFormatError(
+            f"{directory / 'tokenizer.json'}: {tokenizer.vocab_size} tokens, but config.json "
+            f"says the model has {config.vocab_size}; tokenizer and weights do not belong together"
+        )
     window = min(context_length or config.max_position_embeddings, config.max_position_embeddings)
     decoder = OnnxDecoder(session, layout, window)
     return Model(
