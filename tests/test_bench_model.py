@@ -1,0 +1,98 @@
+"""`bench model` on a small GLM: every row measured, ratios consistent, output JSON-ready."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime.bench.model import ROWS, ModelBenchArgs, model_shape, render, run
+
+NEW_TOKENS = 8
+
+
+def test_default_shape_is_the_mid_size_glm() -> None:
+    shape = model_shape(1024, 8)
+    assert (shape.heads, shape.kv_heads, shape.head_dim) == (16, 2, 64)
+    assert shape.intermediate_size == 2816
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"hidden": 96}, {"new_tokens": 1}, {"repeats": 0}, {"threads": -1}, {"prompt_tokens": 2047}],
+)
+def test_arguments_are_checked(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ModelBenchArgs(json=True, **overrides)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pytest.importorskip("optimum.onnxruntime")
+    cache = tmp_path_factory.mktemp("bench-model")
+    args = ModelBenchArgs(
+        json=True,
+        cache_dir=cache,
+        prompt_tokens=16,
+        new_tokens=NEW_TOKENS,
+        repeats=1,
+        threads=1,
+        hidden=128,
+        layers=2,
+    )
+    out = io.StringIO()
+    measured = run(args, out)
+    assert out.getvalue() == "", "with json=True the caller prints the one JSON object"
+    return measured
+
+
+@pytest.mark.export
+def test_every_row_is_measured(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    assert list(rows) == [row.name for row in ROWS]
+    for name, row in rows.items():
+        assert row["decode_tok_s"] > 0, name
+        assert row["ttft_ms"] > 0, name
+        assert row["peak_rss_bytes"] > 0, name
+        assert row["weights_bytes"] > 0, name
+        assert row["ceiling_tok_s"] == pytest.approx(
+            result["bandwidth"]["read_gb_s"] * 1e9 / row["weights_bytes"], rel=0.01
+        )
+        assert row["of_ceiling"] == pytest.approx(
+            row["decode_tok_s"] / row["ceiling_tok_s"], rel=0.01, abs=0.001
+        )
+
+
+@pytest.mark.export
+def test_ratios_are_consistent(result: dict[str, Any]) -> None:
+    rows, ratios = result["rows"], result["ratios"]
+    fp32, int8 = rows["ours-fp32"], rows["ours-int8"]
+    assert ratios["int8_size_of_fp32"] < 0.5
+    assert ratios["int8_size_of_fp32"] == pytest.approx(
+        int8["weights_bytes"] / fp32["weights_bytes"], abs=0.001
+    )
+    assert ratios["int8_vs_fp32_decode"] == pytest.approx(
+        int8["decode_tok_s"] / fp32["decode_tok_s"], abs=0.001
+    )
+    assert ratios["ours_fp32_vs_optimum_fp32"] == pytest.approx(
+        fp32["decode_tok_s"] / rows["optimum-fp32"]["decode_tok_s"], abs=0.001
+    )
+    assert fp32["vs_ours_fp32"] == 1.0
+    # The same FP32 graph on the same onnxruntime, one thread: the same greedy tokens.
+    assert rows["optimum-fp32"]["same_tokens_as_ours_fp32"] == NEW_TOKENS
+
+
+@pytest.mark.export
+def test_result_is_json_and_renders_a_table(result: dict[str, Any]) -> None:
+    assert json.loads(json.dumps(result)) == result
+    machine = result["machine"]
+    assert machine["threads"] == 1
+    assert {"onnxruntime", "torch", "transformers"} <= set(machine["versions"])
+    assert result["model"]["parameters"] > 0
+    assert Path(result["model"]["directory"]).is_dir()
+    table = render(result)
+    for row in ROWS:
+        assert f"| {row.name} " in table
