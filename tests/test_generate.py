@@ -88,28 +88,29 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model: Model) -> None:
 def test_max_new_tokens_ends_with_length(tiny_model: Model) -> None:
     params = GenerationParams(max_new_tokens=5, stop_token_ids=())
     # eos ids removed so only the limit can end it
-    generation = Generation(
-        tiny_model.decoder,
-        tiny_model.tokenizer.stream_decoder(),
-        chat_ids(tiny_model),
-        params,
-        eos_token_ids=[],
-        context_length=tiny_model.context_length,
-    )
+    generation = unbounded(tiny_model, params)
     result = generation.run()
     assert result.finish_reason == "length"
     assert result.usage.completion_tokens == 5
 
 
-def unbounded(model: Model, params: GenerationParams) -> Generation:
+def unbounded(
+    model: Model,
+    params: GenerationParams,
+    *,
+    prompt: list[int] | None = None,
+    context_length: int | None = None,
+    cancel: CancelToken | None = None,
+) -> Generation:
     """A generation on the real model that only its params (not the model's EOS) can end."""
     return Generation(
         model.decoder,
         model.tokenizer.stream_decoder(),
-        chat_ids(model),
+        prompt or chat_ids(model),
         params,
         eos_token_ids=[],
-        context_length=model.context_length,
+        context_length=context_length or model.context_length,
+        cancel=cancel,
     )
 
 
@@ -193,12 +194,10 @@ def test_prompt_longer_than_the_window_is_refused(tiny_model: Model) -> None:
 
 def test_context_window_bounds_the_answer(tiny_model: Model) -> None:
     prompt = chat_ids(tiny_model)
-    generation = Generation(
-        tiny_model.decoder,
-        tiny_model.tokenizer.stream_decoder(),
-        prompt,
+    generation = unbounded(
+        tiny_model,
         GenerationParams(max_new_tokens=100),
-        eos_token_ids=[],
+        prompt=prompt,
         context_length=len(prompt) + 3,
     )
     result = generation.run()
@@ -231,14 +230,7 @@ def test_chat_error_policy_refuses(tiny_model: Model) -> None:
 
 def test_usage_and_timing(tiny_model: Model) -> None:
     ids = chat_ids(tiny_model)
-    generation = Generation(
-        tiny_model.decoder,
-        tiny_model.tokenizer.stream_decoder(),
-        ids,
-        GenerationParams(max_new_tokens=16),
-        eos_token_ids=[],
-        context_length=tiny_model.context_length,
-    )
+    generation = unbounded(tiny_model, GenerationParams(max_new_tokens=16), prompt=ids)
     result = generation.run()
     assert result.usage.prompt_tokens == len(ids)
     assert result.usage.completion_tokens == 16
@@ -250,15 +242,7 @@ def test_usage_and_timing(tiny_model: Model) -> None:
 
 def test_cancel_stops_after_the_current_step(tiny_model: Model) -> None:
     cancel = CancelToken()
-    generation = Generation(
-        tiny_model.decoder,
-        tiny_model.tokenizer.stream_decoder(),
-        chat_ids(tiny_model),
-        GenerationParams(max_new_tokens=200),
-        eos_token_ids=[],
-        context_length=tiny_model.context_length,
-        cancel=cancel,
-    )
+    generation = unbounded(tiny_model, GenerationParams(max_new_tokens=200), cancel=cancel)
     for count, _ in enumerate(generation, start=1):
         if count == 3:
             cancel.cancel()
@@ -267,14 +251,7 @@ def test_cancel_stops_after_the_current_step(tiny_model: Model) -> None:
 
 
 def test_async_stream_runs_off_loop_and_cancels_on_exit(tiny_model: Model) -> None:
-    generation = Generation(
-        tiny_model.decoder,
-        tiny_model.tokenizer.stream_decoder(),
-        chat_ids(tiny_model),
-        GenerationParams(max_new_tokens=200),
-        eos_token_ids=[],
-        context_length=tiny_model.context_length,
-    )
+    generation = unbounded(tiny_model, GenerationParams(max_new_tokens=200))
 
     async def take_two() -> list[str]:
         got: list[str] = []

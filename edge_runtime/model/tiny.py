@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -144,13 +144,8 @@ def build_tiny(
     with tempfile.TemporaryDirectory(prefix="glm-tiny-") as tmp:
         checkpoint = make_checkpoint(Path(tmp), seed=seed, shape=shape)
         base = options or ExportOptions()
-        options = ExportOptions(
-            quantize=base.quantize,
-            quantization=base.quantization,
-            keep_fp32=base.keep_fp32,
-            threads=base.threads,
-            parity_prompts=base.parity_prompts,
-            parity_tokens=base.parity_tokens,
+        options = replace(
+            base,
             name=base.name or "glm-tiny",
             source_label=f"glm-tiny: GlmForCausalLM, random weights (seed {seed})",
         )
