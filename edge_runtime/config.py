@@ -85,6 +85,41 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class FilterSettings(_Section):
+    """One Proxy-Wasm filter of the chain (`[[filters]]`, run in the order written)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    module: Path
+    # The root context id the module registers (AssemblyScript: registerRootContext's name).
+    root_id: str | None = None
+    # The plugin configuration handed to on_configure; inline or from a file.
+    config: str = ""
+    config_file: Path | None = None
+    vm_config: str = ""
+    # closed: a failing filter answers the request with an error; open: it is skipped.
+    fail: Literal["closed", "open"] = "closed"
+    log_level: Literal["trace", "debug", "info", "warn", "error", "critical"] = "info"
+    deadline_ms: float = Field(5.0, gt=0, le=60_000)
+    start_deadline_ms: float = Field(1000.0, gt=0, le=600_000)
+    # 0: no fuel metering; otherwise instructions-ish per callback.
+    fuel: int = Field(0, ge=0)
+    memory_max_mb: int = Field(16, ge=1, le=4096)
+    environ: dict[str, str] = {}
+
+
+class FilterHostSettings(_Section):
+    """The wasmtime host all filters share."""
+
+    # Epoch tick: the granularity of callback deadlines.
+    tick_ms: float = Field(1.0, gt=0, le=1000)
+    # Compiled modules are cached here (keyed by wasm bytes and engine configuration).
+    cache_dir: Path | None = None
+    max_restarts: int = Field(5, ge=0)
+    restart_window_s: float = Field(60.0, gt=0)
+    # Named upstreams proxy_http_call may reach; nothing else is reachable.
+    upstreams: dict[str, str] = {}
+
+
 class Settings(_Section):
     """The whole configuration of one daemon."""
 
@@ -96,6 +131,8 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     device: DeviceSettings = DeviceSettings()
     log: LogSettings = LogSettings()
+    filter_host: FilterHostSettings = FilterHostSettings()
+    filters: tuple[FilterSettings, ...] = ()
 
 
 def read_toml(path: Path) -> dict[str, Any]:

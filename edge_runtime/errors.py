@@ -12,6 +12,9 @@
     │   ├── ContextLengthError           413  the prompt does not fit the context window
     │   ├── PayloadTooLargeError         413
     │   └── UnsupportedMediaTypeError    415
+    ├── FilterError                      500  a Proxy-Wasm filter failed
+    │   ├── FilterLoadError              500  a module cannot be loaded or started
+    │   └── FilterTrapError              500  a callback trapped (deadline, fuel, memory, bug)
     ├── BusyError                        503  a bound is full; retry later
     ├── DeadlineExceededError            504
     └── GenerationCancelledError         500  the caller cancelled a generation
@@ -88,6 +91,26 @@ class UnsupportedMediaTypeError(RequestError):
     """The request body is in a format we do not read."""
 
     status = Status.UNSUPPORTED_MEDIA_TYPE
+
+
+class FilterError(EdgeRuntimeError):
+    """A Proxy-Wasm filter failed; ``filter`` names it."""
+
+    def __init__(self, filter_name: str, message: str):
+        self.filter = filter_name
+        super().__init__(f"filter {filter_name}: {message}")
+
+
+class FilterLoadError(FilterError):
+    """A filter module cannot be compiled, instantiated, started or configured."""
+
+
+class FilterTrapError(FilterError):
+    """A filter callback trapped: its deadline, fuel or memory ran out, or the guest failed."""
+
+    def __init__(self, filter_name: str, message: str, *, kind: str = "trap"):
+        self.kind = kind
+        super().__init__(filter_name, message)
 
 
 class BusyError(EdgeRuntimeError):

@@ -1,0 +1,1 @@
+"""Proxy-Wasm filters on wasmtime: the host, the chain, the module cache and restart policy."""

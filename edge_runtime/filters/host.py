@@ -1,0 +1,326 @@
+"""One filter instance on wasmtime: linking, the Proxy-Wasm lifecycle, calls under a deadline."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+
+from edge_runtime.errors import FilterLoadError, FilterTrapError
+from edge_runtime.filters.abi import (
+    HOSTCALLS,
+    I64,
+    WASI,
+    WASI_MODULES,
+    AbiVersion,
+    LogLevel,
+    Signature,
+)
+from edge_runtime.filters.hostcalls import Context, FilterExit, Hostcalls, HostEnv
+from edge_runtime.filters.memory import GuestMemory
+from edge_runtime.filters.stream import HttpStream
+from edge_runtime.filters.wasi import Wasi
+
+ROOT_CONTEXT = 1
+log = logging.getLogger("edge_runtime.filters")
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """How one filter is run: identity, configuration and limits."""
+
+    name: str
+    root_id: str
+    configuration: bytes = b""
+    vm_configuration: bytes = b""
+    log_level: LogLevel = LogLevel.INFO
+    # Wall-clock bound on one callback; start-up (Go runtimes, big tables) gets its own.
+    deadline_ms: float = 5.0
+    start_deadline_ms: float = 1000.0
+    fuel: int = 0
+    memory_max_bytes: int = 64 * 1024 * 1024
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+def abi_version(module: wasmtime.Module) -> AbiVersion:
+    """The ABI version a module announces; a module that announces none is refused."""
+    exported = {export.name for export in module.exports}
+    for version in AbiVersion:
+        if version.value in exported:
+            return version
+    raise FilterLoadError(
+        "?",
+        "exports no proxy_abi_version_* function; is it a Proxy-Wasm module? "
+        "(supported: 0.2.1, 0.2.0, 0.1.0)",
+    )
+
+
+def _valtype(name: str) -> wasmtime.ValType:
+    return wasmtime.ValType.i64() if name == I64 else wasmtime.ValType.i32()
+
+
+def _functype(signature: Signature) -> wasmtime.FuncType:
+    params, results = signature
+    return wasmtime.FuncType([_valtype(p) for p in params], [_valtype(r) for r in results])
+
+
+def _type_names(types: list[wasmtime.ValType]) -> tuple[str, ...]:
+    return tuple(str(t) for t in types)
+
+
+def check_imports(module: wasmtime.Module, filter_name: str) -> None:
+    """Every import must be one we define, with our type; say which one is not."""
+    for item in module.imports:
+        where = f"{item.module}.{item.name}"
+        if item.module == "env":
+            signature = HOSTCALLS.get(item.name or "")
+        elif item.module in WASI_MODULES:
+            signature = WASI.get(item.name or "")
+        else:
+            signature = None
+        if signature is None:
+            raise FilterLoadError(
+                filter_name, f"imports {where}, which this Proxy-Wasm host does not provide"
+            )
+        ty = item.type
+        if not isinstance(ty, wasmtime.FuncType):
+            raise FilterLoadError(
+                filter_name, f"imports {where} as something other than a function"
+            )
+        want = _functype(signature)
+        if _type_names(ty.params) != _type_names(want.params) or _type_names(
+            ty.results
+        ) != _type_names(want.results):
+            raise FilterLoadError(
+                filter_name,
+                f"imports {where} with type {_type_names(ty.params)} -> {_type_names(ty.results)}"
+                f", the ABI says {signature[0]} -> {signature[1]}",
+            )
+
+
+@dataclass
+class _Export:
+    func: wasmtime.Func
+    params: int
+    results: int
+
+
+class FilterInstance(Hostcalls, Wasi):
+    """A live instance of one filter module, driven through the Proxy-Wasm lifecycle."""
+
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        module: wasmtime.Module,
+        spec: FilterSpec,
+        env: HostEnv,
+        *,
+        tick_ms: float,
+        collect_logs: bool = False,
+        logger: logging.Logger = log,
+    ):
+        self.name = spec.name
+        self.spec = spec
+        self.root_id = spec.root_id
+        self.log_level = spec.log_level
+        self.logger = logger
+        self.env = env
+        self.configuration = spec.configuration
+        self.vm_configuration = spec.vm_configuration
+        self.wasi_environ = spec.environ
+        self.properties: dict[str, bytes] = {
+            "plugin_root_id": spec.root_id.encode(),
+            "plugin_name": spec.name.encode(),
+            "plugin_vm_id": b"",
+        }
+        self.contexts: dict[int, Context] = {ROOT_CONTEXT: Context(ROOT_CONTEXT)}
+        self.current = ROOT_CONTEXT
+        self.tick_period_ms = 0
+        self.logs: list[tuple[int, str]] | None = [] if collect_logs else None
+        self.http_call_status: tuple[int, bytes] | None = None
+        self.done = False
+        self.dead: str | None = None
+        self._next_context = ROOT_CONTEXT + 1
+        self._tick_ms = tick_ms
+        self._uses_fuel = spec.fuel > 0
+
+        self.version = abi_version(module)
+        check_imports(module, spec.name)
+        self.store = wasmtime.Store(engine)
+        self.store.set_limits(memory_size=spec.memory_max_bytes)
+        self._arm(spec.start_deadline_ms)
+        linker = wasmtime.Linker(engine)
+        self._define(linker)
+        try:
+            instance = linker.instantiate(self.store, module)
+        except (wasmtime.WasmtimeError, FilterExit) as exc:
+            raise FilterLoadError(spec.name, f"cannot instantiate: {_reason(exc)}") from None
+        exports = instance.exports(self.store)
+        memory = exports.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise FilterLoadError(spec.name, "exports no memory")
+        self._exports: dict[str, _Export] = {}
+        for name, item in exports._extern_map.items():
+            if isinstance(item, wasmtime.Func):
+                ty = item.type(self.store)
+                self._exports[name] = _Export(item, len(ty.params), len(ty.results))
+        allocator = self._exports.get("proxy_on_memory_allocate") or self._exports.get("malloc")
+        if allocator is None:
+            raise FilterLoadError(
+                spec.name,
+                "exports neither proxy_on_memory_allocate nor malloc; the host cannot hand it data",
+            )
+        self.memory = GuestMemory(self.store, memory, self._allocator(allocator))
+
+    # Linking ---------------------------------------------------------------
+
+    def _define(self, linker: wasmtime.Linker) -> None:
+        for name, signature in HOSTCALLS.items():
+            linker.define_func("env", name, _functype(signature), getattr(self, name))
+        for module_name in WASI_MODULES:
+            for name, signature in WASI.items():
+                linker.define_func(module_name, name, _functype(signature), getattr(self, name))
+
+    def _allocator(self, export: _Export) -> Callable[[int], int]:
+        def allocate(size: int) -> int:
+            # Runs nested inside a hostcall, within the outer callback's deadline.
+            result = export.func(self.store, size)
+            return int(result) if result is not None else 0
+
+        return allocate
+
+    # Calls -----------------------------------------------------------------
+
+    def _arm(self, deadline_ms: float) -> None:
+        # One tick may already be under way when we arm: allow one more.
+        self.store.set_epoch_deadline(max(1, math.ceil(deadline_ms / self._tick_ms)) + 1)
+        if self._uses_fuel:
+            self.store.set_fuel(self.spec.fuel)
+
+    def has(self, name: str) -> bool:
+        """Whether the module exports callback ``name``."""
+        return name in self._exports
+
+    def call(self, name: str, *args: int, deadline_ms: float | None = None) -> int | None:
+        """Call an exported callback (absent ones return None); a trap kills the instance."""
+        if self.dead is not None:
+            raise FilterTrapError(self.name, f"instance is dead ({self.dead})", kind="dead")
+        export = self._exports.get(name)
+        if export is None:
+            return None
+        # Arity from the export's own type: v0.1.0 modules in the wild disagree with the spec.
+        params = list(args[: export.params]) + [0] * max(0, export.params - len(args))
+        self._arm(self.spec.deadline_ms if deadline_ms is None else deadline_ms)
+        try:
+            result: Any = export.func(self.store, *params)
+        except wasmtime.Trap as exc:
+            kind = _trap_kind(exc)
+            self.dead = kind
+            raise FilterTrapError(self.name, f"{name} trapped: {_reason(exc)}", kind=kind) from None
+        except FilterExit as exc:
+            self.dead = "exit"
+            raise FilterTrapError(
+                self.name, f"{name} called proc_exit({exc.code})", kind="exit"
+            ) from None
+        except wasmtime.WasmtimeError as exc:
+            self.dead = "error"
+            raise FilterTrapError(
+                self.name, f"{name} failed: {_reason(exc)}", kind="error"
+            ) from None
+        if export.results == 0 or result is None:
+            return None
+        return int(result)
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the module's start function, then create and configure the root context."""
+        start = self.spec.start_deadline_ms
+        try:
+            if self.has("_initialize"):
+                self.call("_initialize", deadline_ms=start)
+                if self.has("main"):
+                    self.call("main", 0, 0, deadline_ms=start)
+            elif self.has("_start"):
+                self.call("_start", deadline_ms=start)
+            self.current = ROOT_CONTEXT
+            self.call("proxy_on_context_create", ROOT_CONTEXT, 0, deadline_ms=start)
+            if (
+                self.call(
+                    "proxy_on_vm_start", ROOT_CONTEXT, len(self.vm_configuration), deadline_ms=start
+                )
+                == 0
+            ):
+                raise FilterLoadError(self.name, "refused to start (on_vm_start returned false)")
+            configured = self.call(
+                "proxy_on_configure", ROOT_CONTEXT, len(self.configuration), deadline_ms=start
+            )
+        except FilterTrapError as exc:
+            raise FilterLoadError(self.name, f"failed to start: {exc}") from None
+        if configured == 0:
+            raise FilterLoadError(
+                self.name, "rejected its configuration (on_configure returned false)"
+            )
+
+    def create_stream(self, stream: HttpStream) -> int:
+        """A new stream context for one request."""
+        context_id = self._next_context
+        self._next_context += 1
+        self.contexts[context_id] = Context(context_id, stream)
+        self.current = context_id
+        self.call("proxy_on_context_create", context_id, ROOT_CONTEXT)
+        return context_id
+
+    def stream_call(self, context_id: int, name: str, *args: int) -> int:
+        """A stream callback; returns its action (0 continue, anything else pause)."""
+        self.current = context_id
+        context = self.contexts[context_id]
+        context.resumed = False
+        result = self.call(name, context_id, *args)
+        return 0 if result is None else result
+
+    def finish_stream(self, context_id: int) -> None:
+        """on_done, on_log and on_delete; the context is gone afterwards, whatever happens."""
+        try:
+            self.current = context_id
+            self.call("proxy_on_done", context_id)
+            self.call("proxy_on_log", context_id)
+            self.call("proxy_on_delete", context_id)
+        finally:
+            self.contexts.pop(context_id, None)
+            self.current = ROOT_CONTEXT
+
+    def tick(self) -> None:
+        """proxy_on_tick on the root context."""
+        self.current = ROOT_CONTEXT
+        self.call("proxy_on_tick", ROOT_CONTEXT)
+
+    def close(self) -> None:
+        """Let the root context finish, if the instance is still alive."""
+        if self.dead is None:
+            try:
+                self.current = ROOT_CONTEXT
+                self.call("proxy_on_done", ROOT_CONTEXT)
+                self.call("proxy_on_delete", ROOT_CONTEXT)
+            except FilterTrapError:
+                pass
+        self.dead = self.dead or "closed"
+
+
+def _trap_kind(exc: wasmtime.Trap) -> str:
+    code = exc.trap_code
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return "deadline"
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return "fuel"
+    return "trap"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # wasmtime appends a wasm backtrace; the first line says what happened.
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,189 @@
+"""The filter host of a daemon: engines, module cache, the live chain and its hot reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import wasmtime
+
+from edge_runtime.config import FilterHostSettings, FilterSettings
+from edge_runtime.errors import ConfigError, FilterError
+from edge_runtime.filters.abi import LogLevel
+from edge_runtime.filters.chain import Exchange, FilterChain
+from edge_runtime.filters.host import FilterSpec
+from edge_runtime.filters.hostcalls import HostEnv
+from edge_runtime.filters.loader import EngineOptions, EpochTicker, ModuleCache, make_engine
+from edge_runtime.filters.stream import HttpStream
+from edge_runtime.filters.supervisor import FilterSupervisor, RestartPolicy
+
+log = logging.getLogger("edge_runtime.filters")
+
+_LEVELS = {
+    "trace": LogLevel.TRACE,
+    "debug": LogLevel.DEBUG,
+    "info": LogLevel.INFO,
+    "warn": LogLevel.WARN,
+    "error": LogLevel.ERROR,
+    "critical": LogLevel.CRITICAL,
+}
+
+
+def default_cache_dir() -> Path:
+    """$STATE_DIRECTORY (systemd) or ~/.cache, under edge-runtime/wasm."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "wasm-cache"
+    return Path.home() / ".cache" / "edge-runtime" / "wasm"
+
+
+def filter_spec(settings: FilterSettings) -> FilterSpec:
+    """The runtime view of one `[[filters]]` entry (reads its config file, if any)."""
+    configuration = settings.config.encode()
+    if settings.config_file is not None:
+        try:
+            configuration = settings.config_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {settings.config_file}: {exc.strerror}",
+                key=f"filters.{settings.name}.config_file",
+            ) from None
+    return FilterSpec(
+        name=settings.name,
+        root_id=settings.root_id if settings.root_id is not None else settings.name,
+        configuration=configuration,
+        vm_configuration=settings.vm_config.encode(),
+        log_level=_LEVELS[settings.log_level],
+        deadline_ms=settings.deadline_ms,
+        start_deadline_ms=settings.start_deadline_ms,
+        fuel=settings.fuel,
+        memory_max_bytes=settings.memory_max_mb * 1024 * 1024,
+        environ=dict(settings.environ),
+    )
+
+
+class _Engine:
+    def __init__(self, options: EngineOptions, cache_dir: Path | None):
+        self.options = options
+        self.engine = make_engine(options)
+        self.cache = ModuleCache(self.engine, options, cache_dir)
+        self.ticker = EpochTicker(self.engine, options.tick_ms)
+        self.ticker.start()
+
+
+class FilterService:
+    """Builds chains from config, serves the current one, swaps in a new one on reload."""
+
+    def __init__(
+        self,
+        host: FilterHostSettings,
+        *,
+        env: HostEnv | None = None,
+        collect_logs: bool = False,
+    ):
+        self.host = host
+        self.env = env or HostEnv(upstreams=dict(host.upstreams))
+        self._collect_logs = collect_logs
+        self._cache_dir = host.cache_dir if host.cache_dir is not None else default_cache_dir()
+        self._engines: dict[bool, _Engine] = {}
+        self._chain = FilterChain([])
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}
+        self._retired: list[FilterChain] = []
+
+    def _engine(self, fuel: bool) -> _Engine:
+        # Fuel metering changes compiled code: filters that use it get their own engine.
+        engine = self._engines.get(fuel)
+        if engine is None:
+            options = EngineOptions(fuel=fuel, tick_ms=self.host.tick_ms)
+            engine = self._engines[fuel] = _Engine(options, self._cache_dir)
+        return engine
+
+    def module(self, path: Path, name: str, *, fuel: bool = False) -> wasmtime.Module:
+        """A compiled module (through the cache)."""
+        return self._engine(fuel).cache.load(path, name)
+
+    def build(self, filters: Sequence[FilterSettings]) -> FilterChain:
+        """Load, instantiate and start a chain; raises the first filter that cannot start."""
+        names = [f.name for f in filters]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ConfigError("two filters share a name", key=f"filters.{duplicate}")
+        policy = RestartPolicy(self.host.max_restarts, self.host.restart_window_s)
+        supervisors = []
+        for settings in filters:
+            spec = filter_spec(settings)
+            engine = self._engine(spec.fuel > 0)
+            supervisors.append(
+                FilterSupervisor(
+                    spec,
+                    engine.cache.load(settings.module, settings.name),
+                    engine.engine,
+                    self.env,
+                    tick_ms=self.host.tick_ms,
+                    fail_open=settings.fail == "open",
+                    policy=policy,
+                    collect_logs=self._collect_logs,
+                )
+            )
+        chain = FilterChain(supervisors)
+        chain.start()
+        return chain
+
+    @property
+    def chain(self) -> FilterChain:
+        """The chain new requests enter."""
+        return self._chain
+
+    def load(self, filters: Sequence[FilterSettings]) -> None:
+        """Build the first chain (errors propagate: the daemon should not start without it)."""
+        self._chain = self.build(filters)
+
+    def reload(self, filters: Sequence[FilterSettings]) -> bool:
+        """Build a new chain and swap it in; on any error keep serving the old one."""
+        try:
+            new = self.build(filters)
+        except (FilterError, ConfigError) as exc:
+            log.error("filter reload failed, keeping the current chain: %s", exc)
+            return False
+        with self._lock:
+            old, self._chain = self._chain, new
+            self._retire(old)
+        log.info("filter chain reloaded: %s", ", ".join(f.name for f in filters) or "(empty)")
+        return True
+
+    def _retire(self, chain: FilterChain) -> None:
+        # In-flight requests finish on the chain they started on; close it when they are done.
+        if self._in_flight.get(id(chain), 0) == 0:
+            chain.close()
+        else:
+            self._retired.append(chain)
+
+    def begin(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
+        """Run the request phase on the current chain; pair with end()."""
+        with self._lock:
+            chain = self._chain
+            self._in_flight[id(chain)] = self._in_flight.get(id(chain), 0) + 1
+        return chain, chain.request(stream)
+
+    def end(self, chain: FilterChain, exchange: Exchange) -> None:
+        """Finish an exchange and release its chain."""
+        try:
+            chain.finish(exchange)
+        finally:
+            with self._lock:
+                self._in_flight[id(chain)] -= 1
+                if self._in_flight[id(chain)] == 0 and chain in self._retired:
+                    self._retired.remove(chain)
+                    chain.close()
+
+    def close(self) -> None:
+        """Finish every chain and stop the epoch tickers."""
+        self._chain.close()
+        for chain in self._retired:
+            chain.close()
+        for engine in self._engines.values():
+            engine.ticker.stop()

@@ -1,0 +1,129 @@
+"""One filter's life: a fresh instance after every trap, restarts rate-limited, then failed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import wasmtime
+
+from edge_runtime.errors import FilterError, FilterLoadError, FilterTrapError
+from edge_runtime.filters.host import FilterInstance, FilterSpec
+from edge_runtime.filters.hostcalls import HostEnv
+
+log = logging.getLogger("edge_runtime.filters")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How many restarts a filter gets in a window before it is marked failed."""
+
+    max_restarts: int = 5
+    window_s: float = 60.0
+
+
+@dataclass
+class FilterStats:
+    """Counters the metrics endpoint and `doctor` report."""
+
+    traps: int = 0
+    restarts: int = 0
+    skipped: int = 0
+    # Why the last trap happened: deadline, fuel, exit, trap (memory, unreachable, ...).
+    last_trap: str | None = None
+
+
+class FilterSupervisor:
+    """Owns the live instance of one filter and replaces it when it traps."""
+
+    def __init__(
+        self,
+        spec: FilterSpec,
+        module: wasmtime.Module,
+        engine: wasmtime.Engine,
+        env: HostEnv,
+        *,
+        tick_ms: float,
+        fail_open: bool = False,
+        policy: RestartPolicy | None = None,
+        collect_logs: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.spec = spec
+        self.fail_open = fail_open
+        self.stats = FilterStats()
+        self.failed: str | None = None
+        self._module = module
+        self._engine = engine
+        self._env = env
+        self._tick_ms = tick_ms
+        self._policy = policy or RestartPolicy()
+        self._collect_logs = collect_logs
+        self._clock = clock
+        self._restarts: deque[float] = deque()
+        self._instance: FilterInstance | None = None
+
+    @property
+    def name(self) -> str:
+        """The filter's name from config."""
+        return self.spec.name
+
+    def start(self) -> FilterInstance:
+        """Create and start the first instance; a filter that cannot start is a load error."""
+        self._instance = self._new_instance()
+        return self._instance
+
+    def _new_instance(self) -> FilterInstance:
+        instance = FilterInstance(
+            self._engine,
+            self._module,
+            self.spec,
+            self._env,
+            tick_ms=self._tick_ms,
+            collect_logs=self._collect_logs,
+        )
+        instance.start()
+        return instance
+
+    def instance(self) -> FilterInstance:
+        """The live instance, replacing a dead one within the restart budget."""
+        if self.failed is not None:
+            raise FilterLoadError(self.name, f"failed: {self.failed}")
+        current = self._instance
+        if current is not None and current.dead is None:
+            return current
+        now = self._clock()
+        while self._restarts and now - self._restarts[0] > self._policy.window_s:
+            self._restarts.popleft()
+        if len(self._restarts) >= self._policy.max_restarts:
+            self.failed = (
+                f"{len(self._restarts)} restarts in {self._policy.window_s:.0f} s; "
+                "not restarted again until reload"
+            )
+            log.error("filter %s marked failed: %s", self.name, self.failed)
+            raise FilterLoadError(self.name, f"failed: {self.failed}")
+        self._restarts.append(now)
+        self.stats.restarts += 1
+        try:
+            self._instance = self._new_instance()
+        except FilterError as exc:
+            self.failed = f"restart failed: {exc}"
+            log.error("filter %s marked failed: %s", self.name, exc)
+            raise
+        log.warning("filter %s restarted (%d in window)", self.name, len(self._restarts))
+        return self._instance
+
+    def trapped(self, exc: FilterTrapError) -> None:
+        """Record a trap; the next call to instance() starts a fresh one."""
+        self.stats.traps += 1
+        self.stats.last_trap = exc.kind
+        log.error("%s", exc)
+
+    def close(self) -> None:
+        """Finish the live instance."""
+        if self._instance is not None:
+            self._instance.close()
+            self._instance = None

@@ -1,0 +1,11 @@
+;; Calls WASI proc_exit in on_request_headers (AssemblyScript's abort does this).
+(module
+  (import "wasi_unstable" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $exit (i32.const 3))
+    (i32.const 0)))

@@ -1,0 +1,204 @@
+"""The Proxy-Wasm host against hostile and minimal hand-written modules."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from edge_runtime.config import FilterHostSettings, FilterSettings
+from edge_runtime.errors import FilterLoadError
+from edge_runtime.filters.service import FilterService
+from edge_runtime.filters.stream import HttpStream
+
+WAT = Path(__file__).parent / "filters"
+
+
+@pytest.fixture
+def wasm_dir(tmp_path: Path) -> Path:
+    for source in WAT.glob("*.wat"):
+        (tmp_path / f"{source.stem}.wasm").write_bytes(wasmtime.wat2wasm(source.read_text()))
+    return tmp_path
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[FilterService]:
+    host = FilterHostSettings(cache_dir=tmp_path / "cache", max_restarts=3, restart_window_s=60)
+    svc = FilterService(host, collect_logs=True)
+    yield svc
+    svc.close()
+
+
+def spec(wasm_dir: Path, name: str, **kw: Any) -> FilterSettings:
+    return FilterSettings(name=kw.pop("as_name", name), module=wasm_dir / f"{name}.wasm", **kw)
+
+
+def request(path: str = "edge/req/sensor-1", body: bytes = b'{"prompt": "hi"}') -> HttpStream:
+    return HttpStream(
+        request_headers=[(b":method", b"PUBLISH"), (b":path", path.encode())],
+        request_body=bytearray(body),
+        properties={"device.id": b"sensor-1"},
+    )
+
+
+def run(svc: FilterService, stream: HttpStream | None = None) -> HttpStream:
+    stream = stream or request()
+    chain, exchange = svc.begin(stream)
+    chain.response(exchange)
+    svc.end(chain, exchange)
+    return stream
+
+
+def test_minimal_filter_adds_a_header_and_logs(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "basic")])
+    stream = run(service)
+    assert (b"x-seen", b"1") in stream.request_headers
+    assert stream.local_response is None
+    instance = service.chain.filters[0].instance()
+    assert (2, "hello from wat") in (instance.logs or [])
+
+
+def test_log_level_filters_before_decoding(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "basic", log_level="warn")])
+    run(service)
+    assert service.chain.filters[0].instance().logs == []
+
+
+@pytest.mark.parametrize(
+    ("module", "kind"),
+    [("loop", "deadline"), ("grow", "trap"), ("unreachable", "trap"), ("exit", "exit")],
+)
+def test_a_crashing_filter_fails_closed_and_the_next_request_is_served(
+    service: FilterService, wasm_dir: Path, module: str, kind: str
+) -> None:
+    service.load([spec(wasm_dir, module, memory_max_mb=4, deadline_ms=20), spec(wasm_dir, "basic")])
+    first = run(service)
+    assert first.local_response is not None
+    assert first.local_response.status == 500
+    assert first.local_response.filter == module
+    assert b"x-seen" not in dict(first.request_headers)
+    supervisor = service.chain.filters[0]
+    assert supervisor.stats.traps == 1
+    assert supervisor.stats.last_trap == kind
+    # A fresh instance serves the next request (and crashes the same way).
+    second = run(service)
+    assert second.local_response is not None
+    assert supervisor.stats.restarts == 1
+
+
+def test_fail_open_skips_the_filter(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "unreachable", fail="open"), spec(wasm_dir, "basic")])
+    stream = run(service)
+    assert stream.local_response is None
+    assert (b"x-seen", b"1") in stream.request_headers
+    assert service.chain.filters[0].stats.skipped == 1
+
+
+def test_a_filter_that_keeps_crashing_is_marked_failed(
+    service: FilterService, wasm_dir: Path
+) -> None:
+    service.load([spec(wasm_dir, "unreachable"), spec(wasm_dir, "basic")])
+    for _ in range(6):
+        stream = run(service)
+        assert stream.local_response is not None
+    supervisor = service.chain.filters[0]
+    assert supervisor.failed is not None
+    assert supervisor.stats.restarts == 3
+    assert stream.local_response.status == 503
+
+
+def test_bad_pointers_get_error_statuses(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "bad_pointers"), spec(wasm_dir, "basic")])
+    stream = request()
+    before = list(stream.request_headers)
+    run(service, stream)
+    instance = service.chain.filters[0].instance()
+    count = instance.call("calls")
+    assert count and count > 20
+    statuses = struct.unpack(f"<{count}i", instance.memory.read(256, 4 * count))
+    # INVALID_MEMORY_ACCESS from the proxy_* calls, EINVAL (28) from WASI; NOT_FOUND where
+    # the call fails on its first argument (a metric that was never defined).
+    assert set(statuses) <= {1, 6, 28}, list(enumerate(statuses))
+    assert statuses.count(6) >= len(statuses) - 6
+    assert statuses.count(28) == 5
+    # Nothing was half-applied and the request went on to the next filter.
+    assert stream.local_response is None
+    assert stream.request_headers == [*before, (b"x-seen", b"1")]
+
+
+@pytest.mark.parametrize(("config", "status"), [("zero", 6), ("out-of-range", 6)])
+def test_allocator_returning_garbage(
+    service: FilterService, wasm_dir: Path, config: str, status: int
+) -> None:
+    service.load([spec(wasm_dir, "bad_allocator", config=config)])
+    stream = run(service)
+    assert stream.local_response is None
+    instance = service.chain.filters[0].instance()
+    assert struct.unpack("<i", instance.memory.read(0, 4))[0] == status
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("no_version", "exports no proxy_abi_version_"),
+        ("no_allocator", "exports neither proxy_on_memory_allocate nor malloc"),
+        ("unknown_import", "imports env.proxy_set_buffer_status, which this Proxy-Wasm host"),
+        ("wrong_type_import", "imports env.proxy_log with type"),
+    ],
+)
+def test_modules_that_cannot_load(
+    service: FilterService, wasm_dir: Path, module: str, message: str
+) -> None:
+    with pytest.raises(FilterLoadError, match=message):
+        service.load([spec(wasm_dir, module)])
+
+
+def test_not_a_module(service: FilterService, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.wasm"
+    bogus.write_bytes(b"\0asm garbage")
+    with pytest.raises(FilterLoadError, match="not a valid module"):
+        service.load([FilterSettings(name="bogus", module=bogus)])
+
+
+def test_reload_keeps_the_old_chain_when_the_new_one_fails(
+    service: FilterService, wasm_dir: Path
+) -> None:
+    service.load([spec(wasm_dir, "basic")])
+    assert not service.reload([spec(wasm_dir, "no_version")])
+    assert (b"x-seen", b"1") in run(service).request_headers
+    assert service.reload([])
+    assert b"x-seen" not in dict(run(service).request_headers)
+
+
+def test_in_flight_request_finishes_on_its_chain(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "basic")])
+    stream = request()
+    chain, exchange = service.begin(stream)
+    service.reload([])
+    # The old chain is still open for the request that started on it.
+    chain.response(exchange)
+    service.end(chain, exchange)
+    assert (b"x-seen", b"1") in stream.request_headers
+    assert all(s._instance is None for s in chain.filters)
+
+
+def test_compiled_modules_are_cached_on_disk(tmp_path: Path, wasm_dir: Path) -> None:
+    host = FilterHostSettings(cache_dir=tmp_path / "cache")
+    first = FilterService(host)
+    first.load([spec(wasm_dir, "basic")])
+    first.close()
+    cached = list((tmp_path / "cache").glob("*.cwasm"))
+    assert len(cached) == 1
+    second = FilterService(host)
+    second.load([spec(wasm_dir, "basic")])
+    assert (b"x-seen", b"1") in run(second).request_headers
+    second.close()
+    # A corrupt cache entry is discarded and rebuilt, not fatal.
+    cached[0].write_bytes(b"junk")
+    third = FilterService(host)
+    third.load([spec(wasm_dir, "basic")])
+    third.close()
