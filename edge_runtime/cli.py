@@ -79,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
     verify.add_argument("directory", type=Path)
 
+    filters = commands.add_parser("filters", help="build and try Proxy-Wasm filters")
+    filter_commands = filters.add_subparsers(
+        dest="filters_command", required=True, metavar="ACTION"
+    )
+    build = filter_commands.add_parser("build", help="compile the filter sources (npm, clang)")
+    build.add_argument("--source", type=Path, default=Path("filters"), help="filters directory")
+    build.add_argument("--out", type=Path, help="where the .wasm files go (default: --source)")
+    run = filter_commands.add_parser("run", help="one request and one response through a filter")
+    run.add_argument("module", type=Path, metavar="FILTER.wasm")
+    run.add_argument("--root-id", help="root context id (default: the file name)")
+    run.add_argument("--config", default="", help="plugin configuration: TEXT or @FILE")
+    run.add_argument("--request", type=Path, help='JSON {"headers": [[k, v]...], "body": "..."}')
+    run.add_argument("--response", type=Path, help="same shape, for the response phase")
+    run.add_argument("--log-level", default="trace", help="lowest filter log level recorded")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+
     doctor = commands.add_parser("doctor", help="what this box is and whether the model loads")
     _config_arg(doctor)
 
@@ -133,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "filters":
+        return _filters(args)
     raise AssertionError(args.command)
 
 
@@ -227,6 +245,61 @@ def _model(args: argparse.Namespace) -> int:
             f"greedy identical {parity.greedy_match:.0%}"
         )
     return 0
+
+
+def _filters(args: argparse.Namespace) -> int:
+    if args.filters_command == "build":
+        import subprocess
+
+        script = args.source / "build.sh"
+        if not script.is_file():
+            print(f"edge-runtime: {script}: no build script (run from a checkout)", file=sys.stderr)
+            return 1
+        out = args.out or args.source
+        return subprocess.run(["bash", str(script), str(out)], check=False).returncode
+    from edge_runtime.filters.runner import RunOptions, read_message, run_filter
+
+    # The filter's logs are part of the result; don't print them twice.
+    logging.getLogger("edge_runtime.filters").setLevel(logging.ERROR)
+    config = args.config
+    if config.startswith("@"):
+        config = Path(config[1:]).read_text(encoding="utf-8")
+    result = run_filter(
+        RunOptions(
+            module=args.module,
+            root_id=args.root_id,
+            config=config,
+            request=read_message(args.request, "request") if args.request else None,
+            response=read_message(args.response, "response") if args.response else None,
+            log_level=args.log_level,
+        )
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        _print_run(result)
+    return 0
+
+
+def _print_run(result: dict[str, Any]) -> None:
+    if result["error"]:
+        print(f"error: {result['error']}")
+    local = result["local_response"]
+    if local:
+        print(f"local response {local['status']}: {local['body']}")
+        for name, value in local["headers"]:
+            print(f"  {name}: {value}")
+    for phase in ("request", "response"):
+        if phase not in result:
+            continue
+        print(f"{phase}:")
+        for name, value in result[phase]["headers"]:
+            print(f"  {name}: {value}")
+        print(f"  body: {result[phase]['body']}")
+    for level, message in result.get("logs", []):
+        print(f"log[{level}] {message}")
+    for name, value in result.get("metrics", {}).items():
+        print(f"metric {name} = {value}")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ ALLOWED = {
     "config": {"errors", "messages"},
     "model": LEAVES | {"model"},
     "device": LEAVES | {"device"},
+    "filters": LEAVES | {"filters"},
     "doctor": LEAVES | {"device", "model"},
     "bench": LEAVES | {"device", "model", "bench"},
 }
