@@ -118,6 +118,9 @@ class FilterHostSettings(_Section):
     restart_window_s: float = Field(60.0, gt=0)
     # Named upstreams proxy_http_call may reach; nothing else is reachable.
     upstreams: dict[str, str] = {}
+    # Cross the wasm boundary through wasmtime's unchecked entry points (falls back to the
+    # public API by itself when they are unavailable).
+    fast_path: bool = True
 
 
 class Settings(_Section):

@@ -25,11 +25,17 @@ def wasm_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[FilterService]:
-    host = FilterHostSettings(cache_dir=tmp_path / "cache", max_restarts=3, restart_window_s=60)
+@pytest.fixture(params=[True, False], ids=["fast", "public"])
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FilterService]:
+    host = FilterHostSettings(
+        cache_dir=tmp_path / "cache", max_restarts=3, restart_window_s=60, fast_path=request.param
+    )
     svc = FilterService(host, collect_logs=True)
     yield svc
+    # The path under test is the one that ran.
+    for supervisor in svc.chain.filters:
+        if supervisor._instance is not None:
+            assert supervisor._instance.fast is request.param
     svc.close()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import wasmtime
 
 from edge_runtime.errors import FilterLoadError, FilterTrapError
+from edge_runtime.filters import fastpath
 from edge_runtime.filters.abi import (
     HOSTCALLS,
     I64,
@@ -104,7 +105,7 @@ def check_imports(module: wasmtime.Module, filter_name: str) -> None:
 
 @dataclass
 class _Export:
-    func: wasmtime.Func
+    func: Callable[..., Any]
     params: int
     results: int
 
@@ -121,6 +122,7 @@ class FilterInstance(Hostcalls, Wasi):
         *,
         tick_ms: float,
         collect_logs: bool = False,
+        fast: bool = True,
         logger: logging.Logger = log,
     ):
         self.name = spec.name
@@ -147,10 +149,22 @@ class FilterInstance(Hostcalls, Wasi):
         self._next_context = ROOT_CONTEXT + 1
         self._tick_ms = tick_ms
         self._uses_fuel = spec.fuel > 0
+        self.fast = fast and fastpath.available()
+        self._pending = fastpath.PendingError()
+        # Function types and ctypes callbacks the fast path hands to wasmtime must outlive it.
+        self._keep: list[Any] = []
 
         self.version = abi_version(module)
         check_imports(module, spec.name)
         self.store = wasmtime.Store(engine)
+        try:
+            self._instantiate(engine, module)
+        except BaseException:
+            self._release()
+            raise
+
+    def _instantiate(self, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+        spec = self.spec
         self.store.set_limits(memory_size=spec.memory_max_bytes)
         self._arm(spec.start_deadline_ms)
         linker = wasmtime.Linker(engine)
@@ -167,23 +181,43 @@ class FilterInstance(Hostcalls, Wasi):
         for name, item in exports._extern_map.items():
             if isinstance(item, wasmtime.Func):
                 ty = item.type(self.store)
-                self._exports[name] = _Export(item, len(ty.params), len(ty.results))
+                params, results = len(ty.params), len(ty.results)
+                func: Callable[..., Any] = item
+                if self.fast and all(str(p) == "i32" for p in ty.params):
+                    func = fastpath.FastFunc(self.store, item, params, results, self._pending)
+                self._exports[name] = _Export(func, params, results)
         allocator = self._exports.get("proxy_on_memory_allocate") or self._exports.get("malloc")
         if allocator is None:
             raise FilterLoadError(
                 spec.name,
                 "exports neither proxy_on_memory_allocate nor malloc; the host cannot hand it data",
             )
-        self.memory = GuestMemory(self.store, memory, self._allocator(allocator))
+        memory_class = fastpath.FastMemory if self.fast else GuestMemory
+        self.memory = memory_class(self.store, memory, self._allocator(allocator))
 
     # Linking ---------------------------------------------------------------
 
     def _define(self, linker: wasmtime.Linker) -> None:
-        for name, signature in HOSTCALLS.items():
-            linker.define_func("env", name, _functype(signature), getattr(self, name))
-        for module_name in WASI_MODULES:
-            for name, signature in WASI.items():
-                linker.define_func(module_name, name, _functype(signature), getattr(self, name))
+        definitions = [("env", name, signature) for name, signature in HOSTCALLS.items()]
+        definitions += [
+            (module_name, name, signature)
+            for module_name in WASI_MODULES
+            for name, signature in WASI.items()
+        ]
+        for module_name, name, signature in definitions:
+            functype, method = _functype(signature), getattr(self, name)
+            if self.fast:
+                fastpath.define_fast(
+                    linker,
+                    module_name,
+                    name,
+                    functype,
+                    method,
+                    pending=self._pending,
+                    keep=self._keep,
+                )
+            else:
+                linker.define_func(module_name, name, functype, method)
 
     def _allocator(self, export: _Export) -> Callable[[int], int]:
         def allocate(size: int) -> int:
@@ -300,7 +334,7 @@ class FilterInstance(Hostcalls, Wasi):
         self.call("proxy_on_tick", ROOT_CONTEXT)
 
     def close(self) -> None:
-        """Let the root context finish, if the instance is still alive."""
+        """Let the root context finish, if the instance is still alive, then free the store."""
         if self.dead is None:
             try:
                 self.current = ROOT_CONTEXT
@@ -309,6 +343,19 @@ class FilterInstance(Hostcalls, Wasi):
             except FilterTrapError:
                 pass
         self.dead = self.dead or "closed"
+        self._release()
+
+    def _release(self) -> None:
+        # The store holds raw pointers to the fast-path callbacks: free it first, always.
+        store = getattr(self, "store", None)
+        if store is not None:
+            self._exports = {}
+            store.close()
+            self.store = None  # type: ignore[assignment]
+        self._keep = []
+
+    def __del__(self) -> None:
+        self._release()
 
 
 def _trap_kind(exc: wasmtime.Trap) -> str:

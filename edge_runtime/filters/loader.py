@@ -92,8 +92,9 @@ class ModuleCache:
         cached = self._directory / f"{key}.cwasm" if self._directory else None
         if cached is not None and cached.is_file():
             try:
-                module = wasmtime.Module.deserialize_file(self._engine, str(cached))
-            except wasmtime.WasmtimeError as exc:
+                # Read, don't map: a cache file truncated under a mapped module is a SIGBUS.
+                module = wasmtime.Module.deserialize(self._engine, cached.read_bytes())
+            except (OSError, wasmtime.WasmtimeError) as exc:
                 log.warning("discarding unusable cached module %s: %s", cached, exc)
                 cached.unlink(missing_ok=True)
         if module is None:

@@ -127,6 +127,7 @@ class FilterService:
                     fail_open=settings.fail == "open",
                     policy=policy,
                     collect_logs=self._collect_logs,
+                    fast=self.host.fast_path,
                 )
             )
         chain = FilterChain(supervisors)

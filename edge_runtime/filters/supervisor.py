@@ -50,6 +50,7 @@ class FilterSupervisor:
         fail_open: bool = False,
         policy: RestartPolicy | None = None,
         collect_logs: bool = False,
+        fast: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.spec = spec
@@ -62,6 +63,7 @@ class FilterSupervisor:
         self._tick_ms = tick_ms
         self._policy = policy or RestartPolicy()
         self._collect_logs = collect_logs
+        self._fast = fast
         self._clock = clock
         self._restarts: deque[float] = deque()
         self._instance: FilterInstance | None = None
@@ -84,6 +86,7 @@ class FilterSupervisor:
             self._env,
             tick_ms=self._tick_ms,
             collect_logs=self._collect_logs,
+            fast=self._fast,
         )
         instance.start()
         return instance
@@ -107,6 +110,8 @@ class FilterSupervisor:
             raise FilterLoadError(self.name, f"failed: {self.failed}")
         self._restarts.append(now)
         self.stats.restarts += 1
+        if current is not None:
+            current.close()
         try:
             self._instance = self._new_instance()
         except FilterError as exc:
