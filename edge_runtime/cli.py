@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--repeats", type=int, default=3)
     bench_model.add_argument("--threads", type=int, default=0)
     bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
+    bench_filters = bench_commands.add_parser("filters", help="filter chain time per request")
+    bench_filters.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_filters.add_argument("--filters-dir", type=Path, default=Path("filters"))
+    bench_filters.add_argument("--requests", type=int, default=3000)
     return parser
 
 
@@ -303,6 +307,18 @@ def _print_run(result: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "filters":
+        from edge_runtime.bench import filters as filter_bench
+
+        found = filter_bench.run(
+            filter_bench.FilterBenchArgs(
+                json=args.json, filters_dir=args.filters_dir, requests=args.requests
+            ),
+            sys.stdout,
+        )
+        if args.json:
+            print(json.dumps(found, indent=2))
+        return 0
     from edge_runtime.bench.model import ModelBenchArgs, run
 
     result = run(

@@ -29,6 +29,28 @@ from edge_runtime.filters.wasi import Wasi
 ROOT_CONTEXT = 1
 log = logging.getLogger("edge_runtime.filters")
 
+# SDKs log several DEBUG lines per callback. This shim stands in for proxy_log inside the
+# store and drops records below the filter's level without leaving wasm, so only records
+# that will be kept cross into Python.
+_LOG_SHIM = """
+(module
+  (import "host" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (global $level (export "level") (mut i32) (i32.const 2))
+  (func (export "proxy_log") (param $level i32) (param $ptr i32) (param $size i32) (result i32)
+    (if (result i32) (i32.lt_s (local.get $level) (global.get $level))
+      (then (i32.const 0))
+      (else (call $log (local.get $level) (local.get $ptr) (local.get $size))))))
+"""
+_SHIMS: dict[int, wasmtime.Module] = {}
+
+
+def _log_shim(engine: wasmtime.Engine) -> wasmtime.Module:
+    key = id(engine)
+    shim = _SHIMS.get(key)
+    if shim is None:
+        shim = _SHIMS[key] = wasmtime.Module(engine, bytes(wasmtime.wat2wasm(_LOG_SHIM)))
+    return shim
+
 
 @dataclass(frozen=True)
 class FilterSpec:
@@ -168,7 +190,9 @@ class FilterInstance(Hostcalls, Wasi):
         self.store.set_limits(memory_size=spec.memory_max_bytes)
         self._arm(spec.start_deadline_ms)
         linker = wasmtime.Linker(engine)
+        linker.allow_shadowing = True
         self._define(linker)
+        self._install_log_shim(engine, linker)
         try:
             instance = linker.instantiate(self.store, module)
         except (wasmtime.WasmtimeError, FilterExit) as exc:
@@ -219,6 +243,29 @@ class FilterInstance(Hostcalls, Wasi):
             else:
                 linker.define_func(module_name, name, functype, method)
 
+    def _install_log_shim(self, engine: wasmtime.Engine, linker: wasmtime.Linker) -> None:
+        shim_linker = wasmtime.Linker(engine)
+        functype = _functype(HOSTCALLS["proxy_log"])
+        if self.fast:
+            fastpath.define_fast(
+                shim_linker,
+                "host",
+                "proxy_log",
+                functype,
+                self.proxy_log,
+                pending=self._pending,
+                keep=self._keep,
+            )
+        else:
+            shim_linker.define_func("host", "proxy_log", functype, self.proxy_log)
+        shim = shim_linker.instantiate(self.store, _log_shim(engine)).exports(self.store)
+        level = shim["level"]
+        assert isinstance(level, wasmtime.Global)
+        level.set_value(self.store, wasmtime.Val.i32(int(self.log_level)))
+        log_func = shim["proxy_log"]
+        assert isinstance(log_func, wasmtime.Func)
+        linker.define(self.store, "env", "proxy_log", log_func)
+
     def _allocator(self, export: _Export) -> Callable[[int], int]:
         def allocate(size: int) -> int:
             # Runs nested inside a hostcall, within the outer callback's deadline.
@@ -254,7 +301,8 @@ class FilterInstance(Hostcalls, Wasi):
         except wasmtime.Trap as exc:
             kind = _trap_kind(exc)
             self.dead = kind
-            raise FilterTrapError(self.name, f"{name} trapped: {_reason(exc)}", kind=kind) from None
+            message = f"{name} trapped ({kind}): {_reason(exc)}"
+            raise FilterTrapError(self.name, message, kind=kind) from None
         except FilterExit as exc:
             self.dead = "exit"
             raise FilterTrapError(
