@@ -16,7 +16,7 @@ ALLOWED = {
     "device": LEAVES | {"device"},
     "filters": LEAVES | {"filters"},
     "doctor": LEAVES | {"device", "model"},
-    "bench": LEAVES | {"device", "model", "bench"},
+    "bench": LEAVES | {"device", "model", "bench", "filters"},
 }
 EXPORT_ONLY = ("torch", "transformers", "optimum")
 # Modules that run in the daemon must never need the export extra.
