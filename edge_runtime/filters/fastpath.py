@@ -60,34 +60,35 @@ class FastFunc:
         self._len = len(self._raw)
         self._params = params
         self._results = results
-        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self._trap_ref = ctypes.byref(self._trap)
+        # A pointer-sized slot wasmtime writes a trap into; reset to NULL before each call.
+        self._trap = ctypes.c_void_p()
+        self._trap_ref = ctypes.cast(
+            ctypes.pointer(self._trap), ctypes.POINTER(ctypes.POINTER(ffi.wasm_trap_t))
+        )
         self._pending = pending
+        self._call = ffi._wasmtime_func_call_unchecked
 
     def __call__(self, store: Any, *args: int) -> int | None:
         raw = self._raw
-        for index in range(self._params):
-            raw[index].i32 = args[index] if index < len(args) else 0
-        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self._trap_ref = ctypes.byref(self._trap)
-        error = ffi._wasmtime_func_call_unchecked(
-            self._ctx, self._ref, raw, self._len, self._trap_ref
-        )
+        for index, value in enumerate(args[: self._params]):
+            raw[index].i32 = value
+        self._trap.value = None
+        error = self._call(self._ctx, self._ref, raw, self._len, self._trap_ref)
+        if error or self._trap.value:
+            self._fail(error)
+        return int(raw[0].i32) if self._results else None
+
+    def _fail(self, error: Any) -> None:
         if error:
-            failure = wasmtime.WasmtimeError._from_ptr(error)
-            pending = self._pending.take()
-            if pending is not None:
-                raise pending
-            raise failure
-        if self._trap:
-            trap = wasmtime.Trap._from_ptr(self._trap)
-            pending = self._pending.take()
-            if pending is not None:
-                raise pending
-            raise trap
-        if self._results == 0:
-            return None
-        return int(raw[0].i32)
+            failure: Exception = wasmtime.WasmtimeError._from_ptr(error)
+        else:
+            trap = ctypes.cast(self._trap.value or 0, ctypes.POINTER(ffi.wasm_trap_t))
+            failure = wasmtime.Trap._from_ptr(trap)
+        # A hostcall that failed in Python left its exception here: it is the real cause.
+        pending = self._pending.take()
+        if pending is not None:
+            raise pending
+        raise failure
 
 
 HostFunc = Callable[..., int | None]
@@ -109,11 +110,14 @@ def define_fast(
     i64_at = tuple(i for i, p in enumerate(params) if p == "i64")
     count = len(params)
 
+    indices = range(count)
+
     def callback(env: Any, caller: Any, args: Any, nargs: int) -> int:
         try:
-            values = [
-                args[i].i64 if i in i64_at else args[i].i32 & 0xFFFFFFFF for i in range(count)
-            ]
+            if i64_at:
+                values = [args[i].i64 if i in i64_at else args[i].i32 & 0xFFFFFFFF for i in indices]
+            else:
+                values = [args[i].i32 & 0xFFFFFFFF for i in indices]
             result = func(*values)
             if has_result:
                 args[0].i32 = int(result or 0)

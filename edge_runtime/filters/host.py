@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
+import wasmtime._bindings as ffi
 
 from edge_runtime.errors import FilterLoadError, FilterTrapError
 from edge_runtime.filters import fastpath
@@ -278,7 +279,8 @@ class FilterInstance(Hostcalls, Wasi):
 
     def _arm(self, deadline_ms: float) -> None:
         # One tick may already be under way when we arm: allow one more.
-        self.store.set_epoch_deadline(max(1, math.ceil(deadline_ms / self._tick_ms)) + 1)
+        ticks = max(1, math.ceil(deadline_ms / self._tick_ms)) + 1
+        ffi.wasmtime_context_set_epoch_deadline(self.store._context(), ticks)
         if self._uses_fuel:
             self.store.set_fuel(self.spec.fuel)
 
@@ -294,10 +296,11 @@ class FilterInstance(Hostcalls, Wasi):
         if export is None:
             return None
         # Arity from the export's own type: v0.1.0 modules in the wild disagree with the spec.
-        params = list(args[: export.params]) + [0] * max(0, export.params - len(args))
+        if len(args) != export.params:
+            args = (*args[: export.params], *[0] * max(0, export.params - len(args)))
         self._arm(self.spec.deadline_ms if deadline_ms is None else deadline_ms)
         try:
-            result: Any = export.func(self.store, *params)
+            result: Any = export.func(self.store, *args)
         except wasmtime.Trap as exc:
             kind = _trap_kind(exc)
             self.dead = kind
