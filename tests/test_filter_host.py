@@ -210,3 +210,56 @@ def test_compiled_modules_are_cached_on_disk(tmp_path: Path, wasm_dir: Path) -> 
     third = FilterService(host)
     third.load([spec(wasm_dir, "basic")])
     third.close()
+
+
+def test_ticks_queues_and_metrics(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "ticker")])
+    metrics = service.env.metrics
+    service.poll(now_ms=0)
+    service.poll(now_ms=5)
+    assert metrics.snapshot("ticker")["ticks"] == 0
+    service.poll(now_ms=10)
+    service.poll(now_ms=25)
+    assert metrics.snapshot("ticker")["ticks"] == 2
+    run(service)
+    run(service)
+    assert metrics.snapshot("ticker")["jobs_seen"] == 0
+    service.poll(now_ms=26)
+    assert metrics.snapshot("ticker")["jobs_seen"] == 2
+
+
+def test_filter_metrics_reach_prometheus(service: FilterService, wasm_dir: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(service.env.metrics)
+    service.load([spec(wasm_dir, "ticker")])
+    service.poll(now_ms=0)
+    service.poll(now_ms=10)
+    text = generate_latest(registry).decode()
+    assert 'edge_runtime_filter_ticks_total{filter="ticker"} 1.0' in text
+
+
+def test_reload_under_traffic_loses_no_request(service: FilterService, wasm_dir: Path) -> None:
+    import threading
+
+    service.load([spec(wasm_dir, "basic")])
+    outcomes: list[bool] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set() or len(outcomes) < 50:
+            stream = run(service)
+            outcomes.append(
+                stream.local_response is None and b"x-seen" in dict(stream.request_headers)
+            )
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    for index in range(8):
+        assert service.reload([spec(wasm_dir, "basic", as_name=f"basic-{index}")])
+    stop.set()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert len(outcomes) >= 50
+    assert all(outcomes)

@@ -379,10 +379,10 @@ class FilterInstance(Hostcalls, Wasi):
             self.contexts.pop(context_id, None)
             self.current = ROOT_CONTEXT
 
-    def tick(self) -> None:
-        """proxy_on_tick on the root context."""
+    def root_call(self, name: str, *args: int) -> None:
+        """A root-context callback (on_tick, on_queue_ready); resumes streams it continues."""
         self.current = ROOT_CONTEXT
-        self.call("proxy_on_tick", ROOT_CONTEXT)
+        self.call(name, ROOT_CONTEXT, *args)
 
     def close(self) -> None:
         """Let the root context finish, if the instance is still alive, then free the store."""

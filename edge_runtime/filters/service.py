@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import wasmtime
 
 from edge_runtime.config import FilterHostSettings, FilterSettings
-from edge_runtime.errors import ConfigError, FilterError
+from edge_runtime.errors import ConfigError, FilterError, FilterTrapError
 from edge_runtime.filters.abi import LogLevel
 from edge_runtime.filters.chain import Exchange, FilterChain
 from edge_runtime.filters.host import FilterSpec
@@ -92,6 +93,7 @@ class FilterService:
         self._chain = FilterChain([])
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}
+        self._next_tick: dict[int, float] = {}
         self._retired: list[FilterChain] = []
 
     def _engine(self, fuel: bool) -> _Engine:
@@ -180,6 +182,37 @@ class FilterService:
                 if self._in_flight[id(chain)] == 0 and chain in self._retired:
                     self._retired.remove(chain)
                     chain.close()
+
+    def poll(self, now_ms: float | None = None) -> None:
+        """Deliver timers (on_tick) and queue notifications (on_queue_ready) that are due.
+
+        Runs on the thread that runs the chain; the daemon calls it every few milliseconds.
+        """
+        now = time.monotonic() * 1000 if now_ms is None else now_ms
+        by_name = {s.name: s for s in self._chain.filters}
+        for owner, queue_id in self.env.queues.take_ready():
+            supervisor = by_name.get(owner)
+            if supervisor is not None:
+                self._root_call(supervisor, "proxy_on_queue_ready", queue_id)
+        for supervisor in self._chain.filters:
+            instance = supervisor.live()
+            if instance is None or instance.tick_period_ms <= 0:
+                continue
+            due = self._next_tick.get(id(instance))
+            if due is None:
+                self._next_tick[id(instance)] = now + instance.tick_period_ms
+            elif now >= due:
+                self._next_tick[id(instance)] = now + instance.tick_period_ms
+                self._root_call(supervisor, "proxy_on_tick")
+
+    def _root_call(self, supervisor: FilterSupervisor, name: str, *args: int) -> None:
+        instance = supervisor.live()
+        if instance is None:
+            return
+        try:
+            instance.root_call(name, *args)
+        except FilterTrapError as exc:
+            supervisor.trapped(exc)
 
     def close(self) -> None:
         """Finish every chain and stop the epoch tickers."""

@@ -53,6 +53,8 @@ class SharedQueues:
 
     max_items: int = 1024
     _queues: dict[int, _Queue] = field(default_factory=dict)
+    # (owner, queue id) pairs whose owner has not been told about new items yet.
+    _ready: deque[tuple[str, int]] = field(default_factory=deque)
     _by_name: dict[tuple[bytes, bytes], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,7 +84,16 @@ class SharedQueues:
             if len(queue.items) >= self.max_items:
                 return WasmStatus.INTERNAL_FAILURE, None
             queue.items.append(item)
+            if (queue.owner, queue_id) not in self._ready:
+                self._ready.append((queue.owner, queue_id))
             return WasmStatus.OK, queue.owner
+
+    def take_ready(self) -> list[tuple[str, int]]:
+        """Owners to notify with on_queue_ready, and for which queue; cleared."""
+        with self._lock:
+            ready = list(self._ready)
+            self._ready.clear()
+            return ready
 
     def dequeue(self, queue_id: int) -> tuple[WasmStatus, bytes]:
         """Pop the oldest item (EMPTY when there is none)."""

@@ -121,6 +121,11 @@ class FilterSupervisor:
         log.warning("filter %s restarted (%d in window)", self.name, len(self._restarts))
         return self._instance
 
+    def live(self) -> FilterInstance | None:
+        """The current instance if it is alive (never starts one)."""
+        current = self._instance
+        return current if current is not None and current.dead is None else None
+
     def trapped(self, exc: FilterTrapError) -> None:
         """Record a trap; the next call to instance() starts a fresh one."""
         self.stats.traps += 1
