@@ -263,3 +263,60 @@ def test_reload_under_traffic_loses_no_request(service: FilterService, wasm_dir:
     assert not worker.is_alive()
     assert len(outcomes) >= 50
     assert all(outcomes)
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"pong": true}' if self.path == "/ping" else b"no"
+            self.send_response(200 if self.path == "/ping" else 404)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_call_reaches_a_declared_upstream(
+    tmp_path: Path, wasm_dir: Path, upstream: str
+) -> None:
+    import time
+
+    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
+    service = FilterService(host)
+    try:
+        service.load([spec(wasm_dir, "http_call", config="x")])
+        run(service)
+        instance = service.chain.filters[0].instance()
+        assert struct.unpack("<i", instance.memory.read(700, 4))[0] == 0
+        deadline = time.monotonic() + 10
+        while service.env.metrics.snapshot("http_call").get("responses", 0) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            service.poll()
+        assert service.env.metrics.snapshot("http_call")["body_bytes"] == len(b'{"pong": true}')
+        assert struct.unpack("<I", instance.memory.read(720, 4))[0] == 200
+    finally:
+        service.close()
+
+
+def test_http_call_to_an_undeclared_upstream_is_refused(
+    service: FilterService, wasm_dir: Path
+) -> None:
+    service.load([spec(wasm_dir, "http_call", config="undeclared")])
+    stream = run(service)
+    assert stream.local_response is None
+    instance = service.chain.filters[0].instance()
+    assert struct.unpack("<i", instance.memory.read(700, 4))[0] == 2  # BAD_ARGUMENT

@@ -167,6 +167,7 @@ class FilterInstance(Hostcalls, Wasi):
         self.tick_period_ms = 0
         self.logs: list[tuple[int, str]] | None = [] if collect_logs else None
         self.http_call_status: tuple[int, bytes] | None = None
+        self.http_response: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self.done = False
         self.dead: str | None = None
         self._next_context = ROOT_CONTEXT + 1

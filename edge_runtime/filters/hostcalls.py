@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from edge_runtime.filters.abi import (
     encode_pairs,
     split_property_path,
 )
+from edge_runtime.filters.http import HttpCalls
 from edge_runtime.filters.memory import GuestMemory, GuestMemoryError
 from edge_runtime.filters.metrics import FilterMetrics
 from edge_runtime.filters.shared import SharedData, SharedQueues
@@ -52,7 +53,7 @@ class HostEnv:
     shared_data: SharedData = field(default_factory=SharedData)
     queues: SharedQueues = field(default_factory=SharedQueues)
     metrics: FilterMetrics = field(default_factory=FilterMetrics)
-    upstreams: Mapping[str, str] = field(default_factory=dict)
+    http: HttpCalls = field(default_factory=HttpCalls)
     wall_clock: Callable[[], int] = time.time_ns
     monotonic_clock: Callable[[], int] = time.monotonic_ns
 
@@ -109,6 +110,8 @@ class Hostcalls:
     tick_period_ms: int
     logs: list[tuple[int, str]] | None
     http_call_status: tuple[int, bytes] | None
+    # The response of the call being delivered to on_http_call_response, while it runs.
+    http_response: tuple[list[tuple[bytes, bytes]], bytes] | None
     done: bool
 
     def _stream(self) -> HttpStream | None:
@@ -163,6 +166,8 @@ class Hostcalls:
     # Buffers -----------------------------------------------------------------
 
     def _buffer(self, which: int) -> bytes | bytearray | None:
+        if which == BufferType.HTTP_CALL_RESPONSE_BODY:
+            return self.http_response[1] if self.http_response else None
         if which == BufferType.PLUGIN_CONFIGURATION:
             return self.configuration
         if which == BufferType.VM_CONFIGURATION:
@@ -212,6 +217,8 @@ class Hostcalls:
     # Header maps ---------------------------------------------------------
 
     def _map(self, which: int) -> list[tuple[bytes, bytes]] | None:
+        if which == MapType.HTTP_CALL_RESPONSE_HEADERS:
+            return list(self.http_response[0]) if self.http_response else None
         stream = self._stream()
         return stream.header_map(which) if stream else None
 
@@ -465,13 +472,31 @@ class Hostcalls:
     # Outbound calls ------------------------------------------------------
 
     @guarded
-    def proxy_http_call(self, *args: int) -> int:
-        upstream = self.memory.read(args[0], args[1]).decode("utf-8", "replace")
+    def proxy_http_call(
+        self,
+        upstream_ptr: int,
+        upstream_size: int,
+        headers_ptr: int,
+        headers_size: int,
+        body_ptr: int,
+        body_size: int,
+        trailers_ptr: int,
+        trailers_size: int,
+        timeout_ms: int,
+        ret_token: int,
+    ) -> int:
+        upstream = self.memory.read(upstream_ptr, upstream_size).decode("utf-8", "replace")
+        headers = decode_pairs(self.memory.read(headers_ptr, headers_size)) if headers_size else []
+        body = self.memory.read(body_ptr, body_size)
+        self.memory.read(trailers_ptr, trailers_size)
+        self.memory.write_u32(ret_token, 0)
         # Only upstreams named in the config are reachable; nothing else ever is.
-        if upstream not in self.env.upstreams:
-            self.logger.warning("%s: http_call to undeclared upstream %r", self.name, upstream)
+        token = self.env.http.start(self.name, upstream, headers, body, timeout_ms)
+        if token is None:
+            self.logger.warning("%s: http_call to %r refused", self.name, upstream)
             return WasmStatus.BAD_ARGUMENT
-        return WasmStatus.UNIMPLEMENTED
+        self.memory.write_u32(ret_token, token)
+        return WasmStatus.OK
 
     def emscripten_notify_memory_growth(self, pages: int) -> None:
         """Emscripten's growth notice; nothing to do, memory is re-measured on every access."""

@@ -17,6 +17,7 @@ from edge_runtime.filters.abi import LogLevel
 from edge_runtime.filters.chain import Exchange, FilterChain
 from edge_runtime.filters.host import FilterSpec
 from edge_runtime.filters.hostcalls import HostEnv
+from edge_runtime.filters.http import HttpCalls
 from edge_runtime.filters.loader import EngineOptions, EpochTicker, ModuleCache, make_engine
 from edge_runtime.filters.stream import HttpStream
 from edge_runtime.filters.supervisor import FilterSupervisor, RestartPolicy
@@ -86,7 +87,7 @@ class FilterService:
         collect_logs: bool = False,
     ):
         self.host = host
-        self.env = env or HostEnv(upstreams=dict(host.upstreams))
+        self.env = env or HostEnv(http=HttpCalls(upstreams=dict(host.upstreams)))
         self._collect_logs = collect_logs
         self._cache_dir = host.cache_dir if host.cache_dir is not None else default_cache_dir()
         self._engines: dict[bool, _Engine] = {}
@@ -194,6 +195,24 @@ class FilterService:
             supervisor = by_name.get(owner)
             if supervisor is not None:
                 self._root_call(supervisor, "proxy_on_queue_ready", queue_id)
+        for result in self.env.http.take_done():
+            supervisor = by_name.get(result.owner)
+            instance = supervisor.live() if supervisor is not None else None
+            if supervisor is None or instance is None:
+                continue
+            instance.http_response = (result.headers, result.body)
+            instance.http_call_status = (result.status, result.error.encode())
+            try:
+                self._root_call(
+                    supervisor,
+                    "proxy_on_http_call_response",
+                    result.token,
+                    len(result.headers),
+                    len(result.body),
+                    0,
+                )
+            finally:
+                instance.http_response = None
         for supervisor in self._chain.filters:
             instance = supervisor.live()
             if instance is None or instance.tick_period_ms <= 0:
