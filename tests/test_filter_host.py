@@ -320,3 +320,47 @@ def test_http_call_to_an_undeclared_upstream_is_refused(
     assert stream.local_response is None
     instance = service.chain.filters[0].instance()
     assert struct.unpack("<i", instance.memory.read(700, 4))[0] == 2  # BAD_ARGUMENT
+
+
+def test_paused_request_resumes_when_its_http_call_answers(
+    tmp_path: Path, wasm_dir: Path, upstream: str
+) -> None:
+    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
+    service = FilterService(host)
+    try:
+        service.load([spec(wasm_dir, "pauser", config="go"), spec(wasm_dir, "basic")])
+        chain, exchange = service.begin(request())
+        # Held by the first filter: the second has not seen the request yet.
+        assert exchange.paused_at == 0
+        assert b"x-seen" not in dict(exchange.stream.request_headers)
+        service.end(chain, exchange)
+        answered: list[bool] = []
+        stream = service.run(request(), respond=lambda s: answered.append(True))
+        assert stream.local_response is None
+        assert answered == [True]
+        headers = dict(stream.request_headers)
+        assert headers[b"x-auth"] == b"ok"
+        assert headers[b"x-seen"] == b"1"
+    finally:
+        service.close()
+
+
+def test_a_request_held_too_long_gets_the_fail_policy(
+    tmp_path: Path, wasm_dir: Path, upstream: str
+) -> None:
+    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
+    service = FilterService(host)
+    try:
+        service.load([spec(wasm_dir, "pauser", config="hold"), spec(wasm_dir, "basic")])
+        stream = service.run(request(), pause_timeout_s=0.2)
+        assert stream.local_response is not None
+        assert stream.local_response.status == 504
+        assert b"x-seen" not in dict(stream.request_headers)
+        service.load(
+            [spec(wasm_dir, "pauser", config="hold", fail="open"), spec(wasm_dir, "basic")]
+        )
+        skipped = service.run(request(), pause_timeout_s=0.2)
+        assert skipped.local_response is None
+        assert dict(skipped.request_headers)[b"x-seen"] == b"1"
+    finally:
+        service.close()

@@ -93,9 +93,7 @@ def _exchange_times(args: FilterBenchArgs, fast: bool, cache: Path) -> dict[str,
         for index in range(args.warmup + args.requests):
             stream = _stream()
             started = time.perf_counter()
-            chain, exchange = service.begin(stream)
-            chain.response(exchange)
-            service.end(chain, exchange)
+            service.run(stream)
             elapsed = time.perf_counter() - started
             if stream.local_response is not None:
                 raise RuntimeError(f"the chain answered locally: {stream.local_response}")

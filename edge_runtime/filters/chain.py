@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,8 +26,10 @@ class Exchange:
     skipped: set[int] = field(default_factory=set)
     # Set when the chain stopped the request: a local answer, a close, or a failed filter.
     stopped_by: str | None = None
-    # The filter (index) that holds the stream paused, if any.
+    # The filter (index) that holds the stream paused, the phase, and since when (monotonic s).
     paused_at: int | None = None
+    paused_phase: str = ""
+    paused_since: float = 0.0
 
 
 def _error_response(status: int, message: str, filter_name: str) -> LocalResponse:
@@ -64,24 +67,70 @@ class FilterChain:
             supervisor.close()
 
     def request(self, stream: HttpStream) -> Exchange:
-        """Run the request phase; check ``exchange.stream.local_response`` afterwards."""
+        """Run the request phase; then check ``paused_at`` and ``stream.local_response``."""
         exchange = Exchange(stream)
-        has_body = bool(stream.request_body)
-        for index, supervisor in enumerate(self.filters):
-            if not self._run(exchange, index, supervisor, "request", has_body):
-                break
+        self._request_from(exchange, 0)
         return exchange
+
+    def _request_from(self, exchange: Exchange, start: int) -> None:
+        has_body = bool(exchange.stream.request_body)
+        for index in range(start, len(self.filters)):
+            if not self._run(exchange, index, self.filters[index], "request", has_body):
+                return
 
     def response(self, exchange: Exchange) -> None:
         """Run the response phase in reverse order, over the filters that saw the request."""
         if exchange.stopped_by is not None:
             # A local answer ends the chain: no filter sees a response phase for it.
             return
+        self._response_from(exchange, None)
+
+    def _response_from(self, exchange: Exchange, below: int | None) -> None:
         has_body = bool(exchange.stream.response_body)
         for index in sorted(exchange.contexts, reverse=True):
-            supervisor = self.filters[index]
-            if not self._run(exchange, index, supervisor, "response", has_body):
-                break
+            if below is not None and index >= below:
+                continue
+            if not self._run(exchange, index, self.filters[index], "response", has_body):
+                return
+
+    def resume(self, exchange: Exchange) -> bool:
+        """Go on with a paused phase if its filter resumed it; True once nothing is paused."""
+        index = exchange.paused_at
+        if index is None:
+            return True
+        entry = exchange.contexts.get(index)
+        context = entry[0].contexts.get(entry[1]) if entry else None
+        supervisor = self.filters[index]
+        if self._stopped(exchange, supervisor):
+            exchange.paused_at = None
+            return True
+        if context is not None and not context.resumed:
+            return False
+        exchange.paused_at = None
+        self._continue_after(exchange, index)
+        return exchange.paused_at is None
+
+    def expire(self, exchange: Exchange) -> None:
+        """The paused filter did not resume in time: apply its fail policy."""
+        index = exchange.paused_at
+        if index is None:
+            return
+        supervisor = self.filters[index]
+        exchange.paused_at = None
+        entry = exchange.contexts.get(index)
+        if entry is not None and entry[0].dead is None:
+            # The filter's context ends here; it gets done/log/delete like any other.
+            entry[0].finish_stream(entry[1])
+        message = f"did not resume the {exchange.paused_phase} in time"
+        error = FilterError(supervisor.name, message)
+        if self._failed(exchange, index, supervisor, error, status=504):
+            self._continue_after(exchange, index)
+
+    def _continue_after(self, exchange: Exchange, index: int) -> None:
+        if exchange.paused_phase == "request":
+            self._request_from(exchange, index + 1)
+        else:
+            self._response_from(exchange, index)
 
     def finish(self, exchange: Exchange) -> None:
         """on_done, on_log and on_delete for every context the exchange created."""
@@ -124,11 +173,12 @@ class FilterChain:
             return False
         context = instance.contexts.get(context_id)
         if action != 0 and not (context and context.resumed):
-            # Paused on its last callback with nothing to resume it: the request would wait
-            # forever. Treat it as the filter's failure, under its fail policy.
+            # The filter holds the stream (waiting for an HTTP call, a timer or a queue) until
+            # it calls proxy_continue_stream; the caller polls and then resumes or expires it.
             exchange.paused_at = index
-            message = f"paused the {phase} and never resumed it"
-            return self._failed(exchange, index, supervisor, FilterError(supervisor.name, message))
+            exchange.paused_phase = phase
+            exchange.paused_since = time.monotonic()
+            return False
         return True
 
     def _stopped(self, exchange: Exchange, supervisor: FilterSupervisor) -> bool:
@@ -145,8 +195,15 @@ class FilterChain:
         return False
 
     def _failed(
-        self, exchange: Exchange, index: int, supervisor: FilterSupervisor, exc: FilterError
+        self,
+        exchange: Exchange,
+        index: int,
+        supervisor: FilterSupervisor,
+        exc: FilterError,
+        *,
+        status: int | None = None,
     ) -> bool:
+        """Apply the filter's fail policy; True when the chain goes on without it."""
         if isinstance(exc, FilterTrapError):
             supervisor.trapped(exc)
         else:
@@ -156,7 +213,8 @@ class FilterChain:
             supervisor.stats.skipped += 1
             exchange.skipped.add(index)
             return True
-        status = 500 if isinstance(exc, FilterTrapError) else 503
+        if status is None:
+            status = 500 if isinstance(exc, FilterTrapError) else 503
         exchange.stream.local_response = _error_response(
             status, f"filter {supervisor.name} failed", supervisor.name
         )

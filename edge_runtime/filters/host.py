@@ -42,14 +42,16 @@ _LOG_SHIM = """
       (then (i32.const 0))
       (else (call $log (local.get $level) (local.get $ptr) (local.get $size))))))
 """
-_SHIMS: dict[int, wasmtime.Module] = {}
+_SHIM_ATTRIBUTE = "_edge_runtime_log_shim"
 
 
 def _log_shim(engine: wasmtime.Engine) -> wasmtime.Module:
-    key = id(engine)
-    shim = _SHIMS.get(key)
+    # Kept on the engine itself: a module only instantiates in the engine that compiled it,
+    # and an id()-keyed cache would hand a dead engine's module to a new one at the same id.
+    shim: wasmtime.Module | None = getattr(engine, _SHIM_ATTRIBUTE, None)
     if shim is None:
-        shim = _SHIMS[key] = wasmtime.Module(engine, bytes(wasmtime.wat2wasm(_LOG_SHIM)))
+        shim = wasmtime.Module(engine, bytes(wasmtime.wat2wasm(_LOG_SHIM)))
+        setattr(engine, _SHIM_ATTRIBUTE, shim)
     return shim
 
 

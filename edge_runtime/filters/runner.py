@@ -97,10 +97,8 @@ def run_filter(options: RunOptions) -> dict[str, Any]:
     try:
         try:
             service.load([settings])
-            chain, exchange = service.begin(stream)
-            chain.response(exchange)
-            service.end(chain, exchange)
-            supervisor = chain.filters[0]
+            service.run(stream)
+            supervisor = service.chain.filters[0]
             if supervisor.stats.traps:
                 result["error"] = f"trapped ({supervisor.stats.last_trap})"
         except FilterError as exc:

@@ -6,7 +6,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import wasmtime
@@ -15,7 +16,7 @@ from edge_runtime.config import FilterHostSettings, FilterSettings
 from edge_runtime.errors import ConfigError, FilterError, FilterTrapError
 from edge_runtime.filters.abi import LogLevel
 from edge_runtime.filters.chain import Exchange, FilterChain
-from edge_runtime.filters.host import FilterSpec
+from edge_runtime.filters.host import FilterInstance, FilterSpec
 from edge_runtime.filters.hostcalls import HostEnv
 from edge_runtime.filters.http import HttpCalls
 from edge_runtime.filters.loader import EngineOptions, EpochTicker, ModuleCache, make_engine
@@ -94,7 +95,10 @@ class FilterService:
         self._chain = FilterChain([])
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}
-        self._next_tick: dict[int, float] = {}
+        # Next on_tick per live instance; weak so replaced instances drop out by themselves.
+        self._next_tick: weakref.WeakKeyDictionary[FilterInstance, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._retired: list[FilterChain] = []
 
     def _engine(self, fuel: bool) -> _Engine:
@@ -143,8 +147,11 @@ class FilterService:
         return self._chain
 
     def load(self, filters: Sequence[FilterSettings]) -> None:
-        """Build the first chain (errors propagate: the daemon should not start without it)."""
-        self._chain = self.build(filters)
+        """Build a chain and serve it; unlike reload(), errors propagate (start-up fails)."""
+        new = self.build(filters)
+        with self._lock:
+            old, self._chain = self._chain, new
+            self._retire(old)
 
     def reload(self, filters: Sequence[FilterSettings]) -> bool:
         """Build a new chain and swap it in; on any error keep serving the old one."""
@@ -172,6 +179,41 @@ class FilterService:
             chain = self._chain
             self._in_flight[id(chain)] = self._in_flight.get(id(chain), 0) + 1
         return chain, chain.request(stream)
+
+    def run(
+        self,
+        stream: HttpStream,
+        *,
+        respond: Callable[[HttpStream], None] | None = None,
+        pause_timeout_s: float = 5.0,
+    ) -> HttpStream:
+        """A whole exchange on this thread: request phase, ``respond``, response phase.
+
+        A filter that pauses the stream is waited for (polling timers, queues and HTTP calls)
+        up to ``pause_timeout_s``, then its fail policy applies. The daemon does the same
+        waiting without blocking its event loop.
+        """
+        chain, exchange = self.begin(stream)
+        try:
+            self._wait(chain, exchange, pause_timeout_s)
+            if stream.local_response is None:
+                if respond is not None:
+                    respond(stream)
+                chain.response(exchange)
+                self._wait(chain, exchange, pause_timeout_s)
+        finally:
+            self.end(chain, exchange)
+        return stream
+
+    def _wait(self, chain: FilterChain, exchange: Exchange, timeout_s: float) -> None:
+        while exchange.paused_at is not None:
+            self.poll()
+            if chain.resume(exchange):
+                return
+            if time.monotonic() - exchange.paused_since > timeout_s:
+                chain.expire(exchange)
+                continue
+            time.sleep(self.host.tick_ms / 1000)
 
     def end(self, chain: FilterChain, exchange: Exchange) -> None:
         """Finish an exchange and release its chain."""
@@ -217,11 +259,11 @@ class FilterService:
             instance = supervisor.live()
             if instance is None or instance.tick_period_ms <= 0:
                 continue
-            due = self._next_tick.get(id(instance))
+            due = self._next_tick.get(instance)
             if due is None:
-                self._next_tick[id(instance)] = now + instance.tick_period_ms
+                self._next_tick[instance] = now + instance.tick_period_ms
             elif now >= due:
-                self._next_tick[id(instance)] = now + instance.tick_period_ms
+                self._next_tick[instance] = now + instance.tick_period_ms
                 self._root_call(supervisor, "proxy_on_tick")
 
     def _root_call(self, supervisor: FilterSupervisor, name: str, *args: int) -> None:
