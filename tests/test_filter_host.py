@@ -364,3 +364,15 @@ def test_a_request_held_too_long_gets_the_fail_policy(
         assert dict(skipped.request_headers)[b"x-seen"] == b"1"
     finally:
         service.close()
+
+
+def test_fuel_stops_a_loop_before_its_deadline(service: FilterService, wasm_dir: Path) -> None:
+    service.load(
+        [spec(wasm_dir, "loop", fuel=200_000, deadline_ms=10_000), spec(wasm_dir, "basic")]
+    )
+    stream = run(service)
+    assert stream.local_response is not None
+    assert stream.local_response.status == 500
+    assert service.chain.filters[0].stats.last_trap == "fuel"
+    # The filter without fuel in the same chain runs on its own engine, unmetered.
+    assert service.chain.filters[1].spec.fuel == 0
