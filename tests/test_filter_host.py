@@ -289,27 +289,31 @@ def upstream() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.fixture
+def with_upstream(tmp_path: Path, upstream: str) -> Iterator[FilterService]:
+    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
+    service = FilterService(host)
+    yield service
+    service.close()
+
+
 def test_http_call_reaches_a_declared_upstream(
-    tmp_path: Path, wasm_dir: Path, upstream: str
+    with_upstream: FilterService, wasm_dir: Path
 ) -> None:
     import time
 
-    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
-    service = FilterService(host)
-    try:
-        service.load([spec(wasm_dir, "http_call", config="x")])
-        run(service)
-        instance = service.chain.filters[0].instance()
-        assert struct.unpack("<i", instance.memory.read(700, 4))[0] == 0
-        deadline = time.monotonic() + 10
-        while service.env.metrics.snapshot("http_call").get("responses", 0) == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-            service.poll()
-        assert service.env.metrics.snapshot("http_call")["body_bytes"] == len(b'{"pong": true}')
-        assert struct.unpack("<I", instance.memory.read(720, 4))[0] == 200
-    finally:
-        service.close()
+    service = with_upstream
+    service.load([spec(wasm_dir, "http_call", config="x")])
+    run(service)
+    instance = service.chain.filters[0].instance()
+    assert struct.unpack("<i", instance.memory.read(700, 4))[0] == 0
+    deadline = time.monotonic() + 10
+    while service.env.metrics.snapshot("http_call").get("responses", 0) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+        service.poll()
+    assert service.env.metrics.snapshot("http_call")["body_bytes"] == len(b'{"pong": true}')
+    assert struct.unpack("<I", instance.memory.read(720, 4))[0] == 200
 
 
 def test_http_call_to_an_undeclared_upstream_is_refused(
@@ -323,47 +327,37 @@ def test_http_call_to_an_undeclared_upstream_is_refused(
 
 
 def test_paused_request_resumes_when_its_http_call_answers(
-    tmp_path: Path, wasm_dir: Path, upstream: str
+    with_upstream: FilterService, wasm_dir: Path
 ) -> None:
-    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
-    service = FilterService(host)
-    try:
-        service.load([spec(wasm_dir, "pauser", config="go"), spec(wasm_dir, "basic")])
-        chain, exchange = service.begin(request())
-        # Held by the first filter: the second has not seen the request yet.
-        assert exchange.paused_at == 0
-        assert b"x-seen" not in dict(exchange.stream.request_headers)
-        service.end(chain, exchange)
-        answered: list[bool] = []
-        stream = service.run(request(), respond=lambda s: answered.append(True))
-        assert stream.local_response is None
-        assert answered == [True]
-        headers = dict(stream.request_headers)
-        assert headers[b"x-auth"] == b"ok"
-        assert headers[b"x-seen"] == b"1"
-    finally:
-        service.close()
+    service = with_upstream
+    service.load([spec(wasm_dir, "pauser", config="go"), spec(wasm_dir, "basic")])
+    chain, exchange = service.begin(request())
+    # Held by the first filter: the second has not seen the request yet.
+    assert exchange.paused_at == 0
+    assert b"x-seen" not in dict(exchange.stream.request_headers)
+    service.end(chain, exchange)
+    answered: list[bool] = []
+    stream = service.run(request(), respond=lambda s: answered.append(True))
+    assert stream.local_response is None
+    assert answered == [True]
+    headers = dict(stream.request_headers)
+    assert headers[b"x-auth"] == b"ok"
+    assert headers[b"x-seen"] == b"1"
 
 
 def test_a_request_held_too_long_gets_the_fail_policy(
-    tmp_path: Path, wasm_dir: Path, upstream: str
+    with_upstream: FilterService, wasm_dir: Path
 ) -> None:
-    host = FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": upstream})
-    service = FilterService(host)
-    try:
-        service.load([spec(wasm_dir, "pauser", config="hold"), spec(wasm_dir, "basic")])
-        stream = service.run(request(), pause_timeout_s=0.2)
-        assert stream.local_response is not None
-        assert stream.local_response.status == 504
-        assert b"x-seen" not in dict(stream.request_headers)
-        service.load(
-            [spec(wasm_dir, "pauser", config="hold", fail="open"), spec(wasm_dir, "basic")]
-        )
-        skipped = service.run(request(), pause_timeout_s=0.2)
-        assert skipped.local_response is None
-        assert dict(skipped.request_headers)[b"x-seen"] == b"1"
-    finally:
-        service.close()
+    service = with_upstream
+    service.load([spec(wasm_dir, "pauser", config="hold"), spec(wasm_dir, "basic")])
+    stream = service.run(request(), pause_timeout_s=0.2)
+    assert stream.local_response is not None
+    assert stream.local_response.status == 504
+    assert b"x-seen" not in dict(stream.request_headers)
+    service.load([spec(wasm_dir, "pauser", config="hold", fail="open"), spec(wasm_dir, "basic")])
+    skipped = service.run(request(), pause_timeout_s=0.2)
+    assert skipped.local_response is None
+    assert dict(skipped.request_headers)[b"x-seen"] == b"1"
 
 
 def test_fuel_stops_a_loop_before_its_deadline(service: FilterService, wasm_dir: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from edge_runtime.filters.abi import (
     BufferType,
@@ -503,39 +503,13 @@ class Hostcalls:
 
     @guarded
     def proxy_call_foreign_function(self, *args: int) -> int:
+        # No foreign functions are registered: NOT_FOUND is what every SDK expects then.
         return WasmStatus.NOT_FOUND
 
     @guarded
-    def proxy_grpc_call(self, *args: int) -> int:
+    def _unimplemented(self, *args: int) -> int:
         return WasmStatus.UNIMPLEMENTED
 
-    @guarded
-    def proxy_grpc_stream(self, *args: int) -> int:
-        return WasmStatus.UNIMPLEMENTED
-
-    @guarded
-    def proxy_grpc_send(self, *args: int) -> int:
-        return WasmStatus.UNIMPLEMENTED
-
-    @guarded
-    def proxy_grpc_cancel(self, *args: int) -> int:
-        return WasmStatus.UNIMPLEMENTED
-
-    @guarded
-    def proxy_grpc_close(self, *args: int) -> int:
-        return WasmStatus.UNIMPLEMENTED
-
-
-def hostcall_map(instance: Hostcalls) -> dict[str, Callable[..., Any]]:
-    """Bound hostcall methods by import name."""
-    from edge_runtime.filters.abi import HOSTCALLS
-
-    found: dict[str, Callable[..., Any]] = {}
-    for name in HOSTCALLS:
-        method = getattr(instance, name, None)
-        if method is not None:
-            found[name] = method
-    return found
-
-
-__all__ = ["Context", "FilterExit", "HostEnv", "Hostcalls", "MapType", "hostcall_map"]
+    # gRPC has no place on an MQTT/CoAP box; SDKs accept UNIMPLEMENTED from these.
+    proxy_grpc_call = proxy_grpc_stream = proxy_grpc_send = _unimplemented
+    proxy_grpc_cancel = proxy_grpc_close = _unimplemented
