@@ -20,6 +20,9 @@ declare function proxy_set_buffer_bytes(typ: i32, start: u32, length: u32, data:
 @external("env", "proxy_get_shared_data")
 declare function proxy_get_shared_data(key_ptr: usize, key_size: usize, value_ptr_ptr: usize, value_size_ptr: usize, cas_ptr: usize): u32;
 // @ts-ignore: decorator
+@external("env", "proxy_get_log_level")
+declare function proxy_get_log_level(level_ptr: usize): u32;
+
 @external("env", "proxy_set_shared_data")
 declare function proxy_set_shared_data(key_ptr: usize, key_size: usize, value_ptr: usize, value_size: usize, cas: u32): u32;
 
@@ -73,6 +76,22 @@ function takeBuffer(): ArrayBuffer {
   let array = changetype<ArrayBuffer>(ptr);
   free(ptr);
   return array;
+}
+
+// The host's level for this filter, read when the configuration arrives. Building a log
+// message costs string allocations in wasm, so callers check debugEnabled() first.
+const DEBUG_LEVEL: u32 = 1;
+let hostLogLevel: u32 = 0;
+
+export function readLogLevel(): void {
+  slots.cas = 0;
+  if (proxy_get_log_level(casSlot()) == OK) {
+    hostLogLevel = slots.cas;
+  }
+}
+
+export function debugEnabled(): bool {
+  return hostLogLevel <= DEBUG_LEVEL;
 }
 
 export function debug(message: string): void {

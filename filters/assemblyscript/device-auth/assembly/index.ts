@@ -9,6 +9,8 @@
 export * from "@solo-io/proxy-runtime/proxy";
 import { RootContext, Context, registerRootContext } from "@solo-io/proxy-runtime";
 import {
+  debugEnabled,
+  readLogLevel,
   CONTINUE, STOP, REQUEST_HEADERS,
   readConfiguration, getHeader, removeHeader, getProperty, sendLocalResponse, errorBody, debug, error,
 } from "../../common/hostcalls";
@@ -42,6 +44,7 @@ class DeviceAuthRoot extends RootContext {
   }
 
   onConfigure(configuration_size: u32): bool {
+    readLogLevel();
     let doc = parseJson(readConfiguration(configuration_size));
     if (doc === null || !doc.isObject()) {
       error("device-auth: configuration is not a JSON object");
@@ -80,6 +83,15 @@ class DeviceAuth extends Context {
   constructor(context_id: u32, root_context: DeviceAuthRoot) {
     super(context_id, root_context);
   }
+  // The SDK's defaults build a DEBUG string on every call; these callbacks have nothing to do.
+  onDone(): bool {
+    return true;
+  }
+
+  onLog(): void {}
+
+  onDelete(): void {}
+
 
   reject(status: u32, details: string, message: string): i32 {
     let config = (this.root_context as DeviceAuthRoot).config;
@@ -89,7 +101,7 @@ class DeviceAuth extends Context {
       names.push("www-authenticate");
       values.push("ApiKey header=\"" + config.header + "\"");
     }
-    debug("device-auth: " + status.toString() + " " + details);
+    if (debugEnabled()) debug("device-auth: " + status.toString() + " " + details);
     sendLocalResponse(status, details, errorBody(status, message), names, values);
     return STOP;
   }

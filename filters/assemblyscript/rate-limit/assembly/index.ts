@@ -11,6 +11,8 @@
 export * from "@solo-io/proxy-runtime/proxy";
 import { RootContext, Context, registerRootContext } from "@solo-io/proxy-runtime";
 import {
+  debugEnabled,
+  readLogLevel,
   CONTINUE, STOP, OK, NOT_FOUND, CAS_MISMATCH, METRIC_COUNTER,
   readConfiguration, getPropertyString, getSharedData, setSharedData, nowNanoseconds,
   defineMetric, incrementMetric, sendLocalResponse, errorBody, debug, info, error,
@@ -71,6 +73,7 @@ class RateLimitRoot extends RootContext {
   }
 
   onConfigure(configuration_size: u32): bool {
+    readLogLevel();
     let doc = parseJson(readConfiguration(configuration_size));
     if (doc === null || !doc.isObject()) {
       error("rate-limit: configuration is not a JSON object");
@@ -106,6 +109,15 @@ class RateLimit extends Context {
   constructor(context_id: u32, root_context: RateLimitRoot) {
     super(context_id, root_context);
   }
+  // The SDK's defaults build a DEBUG string on every call; these callbacks have nothing to do.
+  onDone(): bool {
+    return true;
+  }
+
+  onLog(): void {}
+
+  onDelete(): void {}
+
 
   onRequestHeaders(a: u32, end_of_stream: bool): i32 {
     let root = this.root_context as RateLimitRoot;
@@ -156,7 +168,7 @@ class RateLimit extends Context {
           wait = 1;
         }
         incrementMetric(root.rejectedMetric, 1);
-        debug("rate-limit: " + (device as string) + " over the limit, retry in " + wait.toString() + " s");
+        if (debugEnabled()) debug("rate-limit: " + (device as string) + " over the limit, retry in " + wait.toString() + " s");
         sendLocalResponse(429, "rate_limited",
           errorBody(429, "rate limit exceeded, retry in " + wait.toString() + " s"),
           ["content-type", "retry-after"], ["application/json", wait.toString()]);

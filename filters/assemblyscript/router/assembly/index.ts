@@ -15,6 +15,8 @@
 export * from "@solo-io/proxy-runtime/proxy";
 import { RootContext, Context, registerRootContext } from "@solo-io/proxy-runtime";
 import {
+  debugEnabled,
+  readLogLevel,
   CONTINUE, STOP, REQUEST_HEADERS, REQUEST_BODY,
   readConfiguration, getHeader, getHeaderString, setHeader, getBody, debug, error,
 } from "../../common/hostcalls";
@@ -133,6 +135,7 @@ class RouterRoot extends RootContext {
   }
 
   onConfigure(configuration_size: u32): bool {
+    readLogLevel();
     let text = readConfiguration(configuration_size);
     let doc = parseJson(text);
     if (doc === null || !doc.isObject()) {
@@ -197,6 +200,15 @@ class Router extends Context {
   constructor(context_id: u32, root_context: RouterRoot) {
     super(context_id, root_context);
   }
+  // The SDK's defaults build a DEBUG string on every call; these callbacks have nothing to do.
+  onDone(): bool {
+    return true;
+  }
+
+  onLog(): void {}
+
+  onDelete(): void {}
+
 
   config(): RouterConfig {
     return (this.root_context as RouterRoot).config;
@@ -204,7 +216,7 @@ class Router extends Context {
 
   setRoute(route: string): void {
     setHeader(REQUEST_HEADERS, ROUTE_HEADER, route, this.hadRoute);
-    debug("router: x-route " + route);
+    if (debugEnabled()) debug("router: x-route " + route);
   }
 
   onRequestHeaders(a: u32, end_of_stream: bool): i32 {
