@@ -27,4 +27,6 @@ def test_bench_filters_structure() -> None:
     for row in result["load"].values():
         assert row["cold_ms"] > 0
         assert row["cached_ms"] > 0
+    assert set(result["fuel_per_exchange"]) == set(CHAIN)
+    assert all(fuel > 1000 for fuel in result["fuel_per_exchange"].values())
     assert "unchecked entry points" in out.getvalue()

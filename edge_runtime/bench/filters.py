@@ -111,6 +111,26 @@ def _exchange_times(args: FilterBenchArgs, fast: bool, cache: Path) -> dict[str,
     }
 
 
+def _fuel_per_exchange(args: FilterBenchArgs, cache: Path) -> dict[str, int]:
+    """Wasm instructions (fuel) each filter spends per exchange: a figure noise cannot move."""
+    metered = [FilterSettings(**{**s.model_dump(), "fuel": 10**12}) for s in _settings(args)]
+    service = FilterService(FilterHostSettings(cache_dir=cache))
+    try:
+        service.load(metered)
+        for _ in range(args.warmup):
+            service.run(_stream())
+        before = {s.name: s.instance().fuel_used for s in service.chain.filters}
+        count = 200
+        for _ in range(count):
+            service.run(_stream())
+        return {
+            s.name: (s.instance().fuel_used - before[s.name]) // count
+            for s in service.chain.filters
+        }
+    finally:
+        service.close()
+
+
 def _load_times(args: FilterBenchArgs, cache: Path) -> dict[str, Any]:
     """Per filter: compile from wasm bytes (cold) and deserialize from the disk cache."""
     options = EngineOptions()
@@ -143,6 +163,7 @@ def run(args: FilterBenchArgs, out: TextIO) -> dict[str, Any]:
         fast = _exchange_times(args, True, cache / "fast")
         public = _exchange_times(args, False, cache / "public")
         loads = _load_times(args, cache)
+        fuel = _fuel_per_exchange(args, cache / "fuel")
     result = {
         "machine": describe_machine(device, 1),
         "chain": list(CHAIN),
@@ -150,6 +171,7 @@ def run(args: FilterBenchArgs, out: TextIO) -> dict[str, Any]:
         "speedup_p50": round(public["p50_us"] / fast["p50_us"], 2),
         "speedup_p99": round(public["p99_us"] / fast["p99_us"], 2),
         "load": loads,
+        "fuel_per_exchange": fuel,
     }
     if not args.json:
         out.write(render(result) + "\n")
@@ -182,5 +204,9 @@ def render(result: dict[str, Any]) -> str:
         [name, f"{row['bytes'] / 1024:.1f}", f"{row['cold_ms']:.2f}", f"{row['cached_ms']:.2f}"]
         for name, row in result["load"].items()
     ]
-    lines += markdown_table(["filter", "KiB", "compile ms", "from cache ms"], load_rows, left=1)
+    lines += markdown_table(
+        ["filter", "KiB", "compile ms", "from cache ms", "wasm fuel / exchange"],
+        [[*row, f"{result['fuel_per_exchange'][row[0]]:,}"] for row in load_rows],
+        left=1,
+    )
     return "\n".join(lines)

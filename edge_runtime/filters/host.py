@@ -175,6 +175,8 @@ class FilterInstance(Hostcalls, Wasi):
         self._next_context = ROOT_CONTEXT + 1
         self._tick_ms = tick_ms
         self._uses_fuel = spec.fuel > 0
+        # With fuel metering on: fuel spent by callbacks so far (a count of wasm instructions).
+        self.fuel_used = 0
         self.fast = fast and fastpath.available()
         self._pending = fastpath.PendingError()
         # Function types and ctypes callbacks the fast path hands to wasmtime must outlive it.
@@ -319,6 +321,8 @@ class FilterInstance(Hostcalls, Wasi):
             raise FilterTrapError(
                 self.name, f"{name} failed: {_reason(exc)}", kind="error"
             ) from None
+        if self._uses_fuel:
+            self.fuel_used += self.spec.fuel - self.store.get_fuel()
         if export.results == 0 or result is None:
             return None
         return int(result)
