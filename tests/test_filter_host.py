@@ -370,3 +370,18 @@ def test_fuel_stops_a_loop_before_its_deadline(service: FilterService, wasm_dir:
     assert service.chain.filters[0].stats.last_trap == "fuel"
     # The filter without fuel in the same chain runs on its own engine, unmetered.
     assert service.chain.filters[1].spec.fuel == 0
+
+
+def test_a_leaking_filter_is_recycled_before_it_runs_out(
+    service: FilterService, wasm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.filters import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "RECYCLE_CHECK_EVERY", 1)
+    # 1 MiB is 16 pages: without recycling the 16th request would trap.
+    service.load([spec(wasm_dir, "leaky", memory_max_mb=1)])
+    for _ in range(60):
+        assert run(service).local_response is None
+    stats = service.chain.filters[0].stats
+    assert stats.traps == 0
+    assert stats.recycled >= 3

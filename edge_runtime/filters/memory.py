@@ -28,6 +28,10 @@ class GuestMemory:
         self._memory = memory
         self._allocate = allocate
 
+    def size(self) -> int:
+        """Current size of the guest's memory, in bytes."""
+        return int(self._memory.data_len(self._store))
+
     def _check(self, ptr: int, size: int) -> None:
         # The guest passes i32s; wasmtime hands them over signed.
         if ptr < 0 or size < 0 or ptr + size > self._memory.data_len(self._store):

@@ -34,6 +34,19 @@ class FilterStats:
     skipped: int = 0
     # Why the last trap happened: deadline, fuel, exit, trap (memory, unreachable, ...).
     last_trap: str | None = None
+    # Instances replaced between requests because their memory neared the cap.
+    recycled: int = 0
+
+
+# Guest memory only grows; a filter that leaks reaches its cap and traps mid-request. Replacing
+# it between requests once it passes this share of the cap loses nothing.
+RECYCLE_AT = 0.75
+RECYCLE_CHECK_EVERY = 64
+
+
+def recycle_check_every() -> int:
+    """How many requests pass between memory checks (a module setting tests can lower)."""
+    return RECYCLE_CHECK_EVERY
 
 
 class FilterSupervisor:
@@ -66,6 +79,7 @@ class FilterSupervisor:
         self._fast = fast
         self._clock = clock
         self._restarts: deque[float] = deque()
+        self._uses = 0
         self._instance: FilterInstance | None = None
 
     @property
@@ -97,6 +111,9 @@ class FilterSupervisor:
             raise FilterLoadError(self.name, f"failed: {self.failed}")
         current = self._instance
         if current is not None and current.dead is None:
+            self._uses += 1
+            if self._uses % recycle_check_every() == 0 and self._near_cap(current):
+                return self._recycle(current)
             return current
         now = self._clock()
         while self._restarts and now - self._restarts[0] > self._policy.window_s:
@@ -120,6 +137,23 @@ class FilterSupervisor:
             raise
         log.warning("filter %s restarted (%d in window)", self.name, len(self._restarts))
         return self._instance
+
+    def _near_cap(self, instance: FilterInstance) -> bool:
+        return instance.memory.size() > RECYCLE_AT * self.spec.memory_max_bytes
+
+    def _recycle(self, old: FilterInstance) -> FilterInstance:
+        try:
+            fresh = self._new_instance()
+        except FilterError as exc:
+            # Keep the old one serving; its cap will say when it really cannot go on.
+            log.warning("filter %s: could not recycle a nearly full instance: %s", self.name, exc)
+            return old
+        kib = old.memory.size() // 1024
+        old.close()
+        self._instance = fresh
+        self.stats.recycled += 1
+        log.info("filter %s: instance recycled at %d KiB of guest memory", self.name, kib)
+        return fresh
 
     def live(self) -> FilterInstance | None:
         """The current instance if it is alive (never starts one)."""
