@@ -167,6 +167,14 @@ class FastMemory(GuestMemory):
         )
         self._size = ffi.wasmtime_memory_data_size(self._ctx, self._mem_ref)
 
+    def size(self) -> int:
+        """Current size of the guest's memory, in bytes."""
+        self._size = ffi.wasmtime_memory_data_size(self._ctx, self._mem_ref)
+        return int(self._size)
+
+    def _check(self, ptr: int, size: int) -> None:
+        self._bounds(ptr, size)
+
     def _bounds(self, ptr: int, size: int) -> None:
         if ptr + size > self._size:
             # The memory may have grown since we last looked.

@@ -185,6 +185,8 @@ class FilterInstance(Hostcalls, Wasi):
         self.version = abi_version(module)
         check_imports(module, spec.name)
         self.store = wasmtime.Store(engine)
+        self._ctx = self.store._context()
+        self._callback_ticks = self._ticks(spec.deadline_ms)
         try:
             self._instantiate(engine, module)
         except BaseException:
@@ -282,10 +284,13 @@ class FilterInstance(Hostcalls, Wasi):
 
     # Calls -----------------------------------------------------------------
 
-    def _arm(self, deadline_ms: float) -> None:
+    def _ticks(self, deadline_ms: float) -> int:
         # One tick may already be under way when we arm: allow one more.
-        ticks = max(1, math.ceil(deadline_ms / self._tick_ms)) + 1
-        ffi.wasmtime_context_set_epoch_deadline(self.store._context(), ticks)
+        return max(1, math.ceil(deadline_ms / self._tick_ms)) + 1
+
+    def _arm(self, deadline_ms: float | None) -> None:
+        ticks = self._callback_ticks if deadline_ms is None else self._ticks(deadline_ms)
+        ffi._wasmtime_context_set_epoch_deadline(self._ctx, ticks)
         if self._uses_fuel:
             self.store.set_fuel(self.spec.fuel)
 
@@ -303,7 +308,7 @@ class FilterInstance(Hostcalls, Wasi):
         # Arity from the export's own type: v0.1.0 modules in the wild disagree with the spec.
         if len(args) != export.params:
             args = (*args[: export.params], *[0] * max(0, export.params - len(args)))
-        self._arm(self.spec.deadline_ms if deadline_ms is None else deadline_ms)
+        self._arm(deadline_ms)
         try:
             result: Any = export.func(self.store, *args)
         except wasmtime.Trap as exc:
