@@ -385,3 +385,19 @@ def test_a_leaking_filter_is_recycled_before_it_runs_out(
     stats = service.chain.filters[0].stats
     assert stats.traps == 0
     assert stats.recycled >= 3
+
+
+def test_abi_v010_module_with_its_own_arity(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "v010")])
+    stream = run(service)
+    assert (b"x-v010", b"1") in stream.request_headers
+    assert service.chain.filters[0].instance().version.name == "V0_1_0"
+
+
+def test_a_local_answer_skips_the_rest_of_the_phase(service: FilterService, wasm_dir: Path) -> None:
+    service.load([spec(wasm_dir, "answer"), spec(wasm_dir, "basic")])
+    for _ in range(3):
+        stream = run(service)
+        assert stream.local_response is not None
+        assert (stream.local_response.status, stream.local_response.body) == (403, b"denied")
+    assert service.chain.filters[0].stats.traps == 0

@@ -73,9 +73,8 @@ class FilterChain:
         return exchange
 
     def _request_from(self, exchange: Exchange, start: int) -> None:
-        has_body = bool(exchange.stream.request_body)
         for index in range(start, len(self.filters)):
-            if not self._run(exchange, index, self.filters[index], "request", has_body):
+            if not self._run(exchange, index, self.filters[index], "request"):
                 return
 
     def response(self, exchange: Exchange) -> None:
@@ -86,11 +85,10 @@ class FilterChain:
         self._response_from(exchange, None)
 
     def _response_from(self, exchange: Exchange, below: int | None) -> None:
-        has_body = bool(exchange.stream.response_body)
         for index in sorted(exchange.contexts, reverse=True):
             if below is not None and index >= below:
                 continue
-            if not self._run(exchange, index, self.filters[index], "response", has_body):
+            if not self._run(exchange, index, self.filters[index], "response"):
                 return
 
     def resume(self, exchange: Exchange) -> bool:
@@ -149,24 +147,17 @@ class FilterChain:
         index: int,
         supervisor: FilterSupervisor,
         phase: str,
-        has_body: bool,
     ) -> bool:
         """One filter's callbacks for one phase; False when the chain must stop here."""
         stream = exchange.stream
         try:
             if phase == "request":
                 instance = supervisor.instance()
-                context_id = instance.create_stream(stream)
+                context_id, action = instance.request_phase(stream)
                 exchange.contexts[index] = (instance, context_id)
-                headers, body = "proxy_on_request_headers", "proxy_on_request_body"
-                count, size = len(stream.request_headers), len(stream.request_body)
             else:
                 instance, context_id = exchange.contexts[index]
-                headers, body = "proxy_on_response_headers", "proxy_on_response_body"
-                count, size = len(stream.response_headers), len(stream.response_body)
-            action = instance.stream_call(context_id, headers, count, int(not has_body))
-            if not self._stopped(exchange, supervisor) and has_body:
-                action = instance.stream_call(context_id, body, size, 1)
+                action = instance.response_phase(context_id)
         except FilterError as exc:
             return self._failed(exchange, index, supervisor, exc)
         if self._stopped(exchange, supervisor):

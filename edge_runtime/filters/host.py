@@ -12,7 +12,7 @@ import wasmtime
 import wasmtime._bindings as ffi
 
 from edge_runtime.errors import FilterLoadError, FilterTrapError
-from edge_runtime.filters import fastpath
+from edge_runtime.filters import fastpath, lifecycle
 from edge_runtime.filters.abi import (
     HOSTCALLS,
     I64,
@@ -43,6 +43,7 @@ _LOG_SHIM = """
       (else (call $log (local.get $level) (local.get $ptr) (local.get $size))))))
 """
 _SHIM_ATTRIBUTE = "_edge_runtime_log_shim"
+_LIFECYCLE_ATTRIBUTE = "_edge_runtime_lifecycle_shims"
 
 
 def _log_shim(engine: wasmtime.Engine) -> wasmtime.Module:
@@ -175,6 +176,7 @@ class FilterInstance(Hostcalls, Wasi):
         self._next_context = ROOT_CONTEXT + 1
         self._tick_ms = tick_ms
         self._uses_fuel = spec.fuel > 0
+        self._stop_raised = False
         # With fuel metering on: fuel spent by callbacks so far (a count of wasm instructions).
         self.fuel_used = 0
         self.fast = fast and fastpath.available()
@@ -226,6 +228,7 @@ class FilterInstance(Hostcalls, Wasi):
             )
         memory_class = fastpath.FastMemory if self.fast else GuestMemory
         self.memory = memory_class(self.store, memory, self._allocator(allocator))
+        self._install_lifecycle(engine, exports)
 
     # Linking ---------------------------------------------------------------
 
@@ -273,6 +276,41 @@ class FilterInstance(Hostcalls, Wasi):
         log_func = shim["proxy_log"]
         assert isinstance(log_func, wasmtime.Func)
         linker.define(self.store, "env", "proxy_log", log_func)
+
+    def _install_lifecycle(self, engine: wasmtime.Engine, exports: Any) -> None:
+        arities = {
+            name: (export.params, export.results)
+            for name, export in self._exports.items()
+            if name in lifecycle.CALLBACKS
+        }
+        source = lifecycle.shim_source(arities)
+        cache: dict[str, wasmtime.Module] = getattr(engine, _LIFECYCLE_ATTRIBUTE, None) or {}
+        setattr(engine, _LIFECYCLE_ATTRIBUTE, cache)
+        module = cache.get(source)
+        if module is None:
+            module = cache[source] = wasmtime.Module(engine, bytes(wasmtime.wat2wasm(source)))
+        linker = wasmtime.Linker(engine)
+        for name in arities:
+            item = exports[name]
+            assert isinstance(item, wasmtime.Func)
+            linker.define(self.store, "filter", name, item)
+        shim = linker.instantiate(self.store, module).exports(self.store)
+        stop = shim["stop"]
+        assert isinstance(stop, wasmtime.Global)
+        self._stop = stop
+        for name, params, results in (("request", 4, 1), ("response", 3, 1), ("finish", 1, 0)):
+            func = shim[name]
+            assert isinstance(func, wasmtime.Func)
+            wrapped: Callable[..., Any] = func
+            if self.fast:
+                wrapped = fastpath.FastFunc(self.store, func, params, results, self._pending)
+            self._exports[f"lifecycle.{name}"] = _Export(wrapped, params, results)
+
+    def stop_stream(self) -> None:
+        """The filter answered or closed the stream: its remaining phase callbacks are skipped."""
+        if not self._stop_raised:
+            self._stop.set_value(self.store, wasmtime.Val.i32(1))
+            self._stop_raised = True
 
     def _allocator(self, export: _Export) -> Callable[[int], int]:
         def allocate(size: int) -> int:
@@ -363,30 +401,47 @@ class FilterInstance(Hostcalls, Wasi):
                 self.name, "rejected its configuration (on_configure returned false)"
             )
 
-    def create_stream(self, stream: HttpStream) -> int:
-        """A new stream context for one request."""
+    def _phase(self, context_id: int, name: str, *args: int) -> int:
+        self.current = context_id
+        self.contexts[context_id].resumed = False
+        if self._stop_raised:
+            self._stop.set_value(self.store, wasmtime.Val.i32(0))
+            self._stop_raised = False
+        result = self.call(name, *args)
+        return 0 if result is None else result
+
+    def request_phase(self, stream: HttpStream) -> tuple[int, int]:
+        """A new stream context, then its request headers and body; (context id, action)."""
         context_id = self._next_context
         self._next_context += 1
         self.contexts[context_id] = Context(context_id, stream)
-        self.current = context_id
-        self.call("proxy_on_context_create", context_id, ROOT_CONTEXT)
-        return context_id
+        action = self._phase(
+            context_id,
+            "lifecycle.request",
+            context_id,
+            ROOT_CONTEXT,
+            len(stream.request_headers),
+            len(stream.request_body),
+        )
+        return context_id, action
 
-    def stream_call(self, context_id: int, name: str, *args: int) -> int:
-        """A stream callback; returns its action (0 continue, anything else pause)."""
-        self.current = context_id
-        context = self.contexts[context_id]
-        context.resumed = False
-        result = self.call(name, context_id, *args)
-        return 0 if result is None else result
+    def response_phase(self, context_id: int) -> int:
+        """Response headers and body of a stream; returns the action (0 continue, else pause)."""
+        stream = self.contexts[context_id].stream
+        assert stream is not None
+        return self._phase(
+            context_id,
+            "lifecycle.response",
+            context_id,
+            len(stream.response_headers),
+            len(stream.response_body),
+        )
 
     def finish_stream(self, context_id: int) -> None:
         """on_done, on_log and on_delete; the context is gone afterwards, whatever happens."""
         try:
             self.current = context_id
-            self.call("proxy_on_done", context_id)
-            self.call("proxy_on_log", context_id)
-            self.call("proxy_on_delete", context_id)
+            self.call("lifecycle.finish", context_id)
         finally:
             self.contexts.pop(context_id, None)
             self.current = ROOT_CONTEXT

@@ -114,6 +114,9 @@ class Hostcalls:
     http_response: tuple[list[tuple[bytes, bytes]], bytes] | None
     done: bool
 
+    def stop_stream(self) -> None:
+        """Tell the running phase to skip the filter's remaining callbacks (see host.py)."""
+
     def _stream(self) -> HttpStream | None:
         context = self.contexts.get(self.current)
         return context.stream if context else None
@@ -340,6 +343,7 @@ class Hostcalls:
             return WasmStatus.NOT_FOUND
         context.stream.closed = True
         context.resumed = True
+        self.stop_stream()
         return WasmStatus.OK
 
     @guarded
@@ -390,6 +394,7 @@ class Hostcalls:
         if not 100 <= status <= 599:
             return WasmStatus.BAD_ARGUMENT
         stream.local_response = LocalResponse(status, body, headers, details, self.name)
+        self.stop_stream()
         return WasmStatus.OK
 
     # Shared data and queues ------------------------------------------------
