@@ -232,12 +232,17 @@ def test_filter_metrics_reach_prometheus(service: FilterService, wasm_dir: Path)
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()
-    registry.register(service.env.metrics)
-    service.load([spec(wasm_dir, "ticker")])
+    for collector in service.collectors():
+        registry.register(collector)
+    service.load([spec(wasm_dir, "ticker"), spec(wasm_dir, "unreachable", fail="open")])
     service.poll(now_ms=0)
     service.poll(now_ms=10)
+    run(service)
     text = generate_latest(registry).decode()
     assert 'edge_runtime_filter_ticks_total{filter="ticker"} 1.0' in text
+    assert 'edge_runtime_filter_traps_total{filter="unreachable"} 1.0' in text
+    assert 'edge_runtime_filter_skipped_total{filter="unreachable"} 1.0' in text
+    assert 'edge_runtime_filter_failed{filter="ticker"} 0.0' in text
 
 
 def test_reload_under_traffic_loses_no_request(service: FilterService, wasm_dir: Path) -> None:

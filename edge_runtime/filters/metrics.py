@@ -5,8 +5,9 @@ from __future__ import annotations
 import bisect
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -134,3 +135,53 @@ class FilterMetrics(Collector):
                     buckets.append((bound, float(cumulative)))
                 family.add_metric([metric.filter], buckets, float(metric.value))
         yield from families.values()
+
+
+class SupervisorStats(Protocol):
+    """What the stats collector reads from each filter of the live chain."""
+
+    @property
+    def name(self) -> str:
+        """The filter's name."""
+        ...
+
+    @property
+    def failed(self) -> str | None:
+        """Why the filter was marked failed, if it was."""
+        ...
+
+    @property
+    def stats(self) -> Any:
+        """Counters: traps, restarts, skipped, recycled."""
+        ...
+
+
+class ChainStats(Collector):
+    """Traps, restarts, skips, recycles and failed filters of the live chain, for Prometheus."""
+
+    _COUNTERS = (
+        ("traps", "callbacks that trapped (deadline, fuel, memory, guest fault)"),
+        ("restarts", "instances replaced after a trap"),
+        ("skipped", "requests that skipped a failing filter under fail = open"),
+        ("recycled", "instances replaced between requests as their memory neared the cap"),
+    )
+
+    def __init__(self, filters: Callable[[], Iterable[SupervisorStats]]):
+        self._filters = filters
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per counter, labelled by filter, and the failed gauge."""
+        filters = list(self._filters())
+        for field_name, help_text in self._COUNTERS:
+            family = CounterMetricFamily(
+                f"edge_runtime_filter_{field_name}", help_text, labels=["filter"]
+            )
+            for supervisor in filters:
+                family.add_metric([supervisor.name], getattr(supervisor.stats, field_name))
+            yield family
+        failed = GaugeMetricFamily(
+            "edge_runtime_filter_failed", "1 when the filter is marked failed", labels=["filter"]
+        )
+        for supervisor in filters:
+            failed.add_metric([supervisor.name], 1 if supervisor.failed else 0)
+        yield failed

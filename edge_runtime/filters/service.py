@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import wasmtime
+from prometheus_client.registry import Collector
 
 from edge_runtime.config import FilterHostSettings, FilterSettings
 from edge_runtime.errors import ConfigError, FilterError, FilterTrapError
@@ -20,6 +21,7 @@ from edge_runtime.filters.host import FilterInstance, FilterSpec
 from edge_runtime.filters.hostcalls import HostEnv
 from edge_runtime.filters.http import HttpCalls
 from edge_runtime.filters.loader import EngineOptions, EpochTicker, ModuleCache, make_engine
+from edge_runtime.filters.metrics import ChainStats
 from edge_runtime.filters.stream import HttpStream
 from edge_runtime.filters.supervisor import FilterSupervisor, RestartPolicy
 
@@ -140,6 +142,10 @@ class FilterService:
         chain = FilterChain(supervisors)
         chain.start()
         return chain
+
+    def collectors(self) -> list[Collector]:
+        """Prometheus collectors: the filters' own metrics and the host's counters per filter."""
+        return [self.env.metrics, ChainStats(lambda: self._chain.filters)]
 
     @property
     def chain(self) -> FilterChain:
