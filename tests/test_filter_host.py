@@ -156,6 +156,8 @@ def test_allocator_returning_garbage(
         ("no_allocator", "exports neither proxy_on_memory_allocate nor malloc"),
         ("unknown_import", "imports env.proxy_set_buffer_status, which this Proxy-Wasm host"),
         ("wrong_type_import", "imports env.proxy_log with type"),
+        ("start_trap", "cannot (instantiate|load)"),
+        ("wrong_callback_type", "exports proxy_on_request_headers with type"),
     ],
 )
 def test_modules_that_cannot_load(
@@ -191,6 +193,8 @@ def test_in_flight_request_finishes_on_its_chain(service: FilterService, wasm_di
     chain.response(exchange)
     service.end(chain, exchange)
     assert (b"x-seen", b"1") in stream.request_headers
+    # The swap happens on the chain's thread; the old chain closes once nothing runs on it.
+    assert service.chain is not chain
     assert all(s._instance is None for s in chain.filters)
 
 
@@ -406,3 +410,64 @@ def test_a_local_answer_skips_the_rest_of_the_phase(service: FilterService, wasm
         assert stream.local_response is not None
         assert (stream.local_response.status, stream.local_response.body) == (403, b"denied")
     assert service.chain.filters[0].stats.traps == 0
+
+
+def test_metric_definitions_that_would_clash_are_refused() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edge_runtime.filters.abi import MetricType, WasmStatus
+    from edge_runtime.filters.metrics import FilterMetrics
+
+    metrics = FilterMetrics()
+    status, first = metrics.define("a", MetricType.COUNTER, "hits")
+    assert status == WasmStatus.OK
+    assert metrics.define("b", MetricType.COUNTER, "hits")[0] == WasmStatus.OK
+    assert metrics.define("a", MetricType.COUNTER, "hits") == (WasmStatus.OK, first)
+    assert metrics.define("c", MetricType.GAUGE, "hits")[0] == WasmStatus.BAD_ARGUMENT
+    assert metrics.define("c", MetricType.COUNTER, "hi-ts")[0] == WasmStatus.OK
+    assert metrics.define("c", MetricType.COUNTER, "hi_ts")[0] == WasmStatus.BAD_ARGUMENT
+    assert metrics.define("c", MetricType.COUNTER, "traps")[0] == WasmStatus.BAD_ARGUMENT
+    assert metrics.define("c", 7, "x")[0] == WasmStatus.BAD_ARGUMENT
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    assert "edge_runtime_filter_hits_total" in generate_latest(registry).decode()
+
+
+def test_shared_data_cas_and_eviction() -> None:
+    from edge_runtime.filters.abi import WasmStatus
+    from edge_runtime.filters.shared import SharedData
+
+    data = SharedData(max_keys=3)
+    assert data.set(b"a", b"1", 0) == WasmStatus.OK
+    value, cas = data.get(b"a") or (b"", 0)
+    assert (value, cas) == (b"1", 1)
+    assert data.set(b"a", b"2", cas + 5) == WasmStatus.CAS_MISMATCH
+    assert data.set(b"a", b"2", cas) == WasmStatus.OK
+    assert data.set(b"new", b"x", 7) == WasmStatus.CAS_MISMATCH
+    for key in (b"b", b"c"):
+        assert data.set(key, b"v", 0) == WasmStatus.OK
+    data.get(b"a")  # a is now the most recently used
+    assert data.set(b"d", b"v", 0) == WasmStatus.OK
+    assert data.get(b"b") is None
+    assert data.get(b"a") is not None
+
+
+def test_a_trap_inside_a_nested_allocation_kills_only_the_instance(
+    service: FilterService, wasm_dir: Path
+) -> None:
+    service.load([spec(wasm_dir, "reentrant", fail="open"), spec(wasm_dir, "basic")])
+    for _ in range(20):
+        stream = run(service)
+        assert stream.local_response is None
+        assert (b"x-seen", b"1") in stream.request_headers
+    assert service.chain.filters[0].stats.traps >= 1
+
+
+def test_the_body_cap_holds_against_oversized_replacements(
+    service: FilterService, wasm_dir: Path
+) -> None:
+    from edge_runtime.filters.hostcalls import MAX_BODY_BYTES
+
+    service.load([spec(wasm_dir, "body_flood", deadline_ms=5000)])
+    stream = run(service)
+    assert len(stream.request_body) <= MAX_BODY_BYTES

@@ -116,11 +116,14 @@ class FilterChain:
         supervisor = self.filters[index]
         exchange.paused_at = None
         entry = exchange.contexts.get(index)
+        message = f"did not resume the {exchange.paused_phase} in time"
+        error: FilterError = FilterError(supervisor.name, message)
         if entry is not None and entry[0].dead is None:
             # The filter's context ends here; it gets done/log/delete like any other.
-            entry[0].finish_stream(entry[1])
-        message = f"did not resume the {exchange.paused_phase} in time"
-        error = FilterError(supervisor.name, message)
+            try:
+                entry[0].finish_stream(entry[1])
+            except FilterTrapError as exc:
+                error = exc
         if self._failed(exchange, index, supervisor, error, status=504):
             self._continue_after(exchange, index)
 
@@ -138,7 +141,8 @@ class FilterChain:
             try:
                 instance.finish_stream(context_id)
             except FilterTrapError as exc:
-                self.filters[index].trapped(exc)
+                if exc.kind != "dead":
+                    self.filters[index].trapped(exc)
         exchange.contexts.clear()
 
     def _run(
@@ -195,9 +199,10 @@ class FilterChain:
         status: int | None = None,
     ) -> bool:
         """Apply the filter's fail policy; True when the chain goes on without it."""
-        if isinstance(exc, FilterTrapError):
+        if isinstance(exc, FilterTrapError) and exc.kind != "dead":
             supervisor.trapped(exc)
         else:
+            # "dead": another exchange's trap already killed (and counted) this instance.
             log.error("%s", exc)
         exchange.contexts.pop(index, None)
         if supervisor.fail_open:

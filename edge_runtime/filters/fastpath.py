@@ -17,7 +17,7 @@ from typing import Any
 import wasmtime
 import wasmtime._bindings as ffi
 
-from edge_runtime.filters.memory import GuestMemory, GuestMemoryError
+from edge_runtime.filters.memory import GuestMemory, GuestMemoryError, unsigned
 
 log = logging.getLogger("edge_runtime.filters")
 
@@ -67,22 +67,42 @@ class FastFunc:
         )
         self._pending = pending
         self._call = ffi._wasmtime_func_call_unchecked
+        # A guest can make this export run inside itself (its allocator making a hostcall that
+        # allocates): a nested call gets its own arrays, never the ones an outer call still uses.
+        self._depth = 0
+        self._nested: list[tuple[Any, ctypes.c_void_p, Any]] = []
+
+    def _frame(self) -> tuple[Any, ctypes.c_void_p, Any]:
+        level = self._depth - 1
+        while len(self._nested) < level:
+            slot = ctypes.c_void_p()
+            ref = ctypes.cast(ctypes.pointer(slot), ctypes.POINTER(ctypes.POINTER(ffi.wasm_trap_t)))
+            self._nested.append(((ffi.wasmtime_val_raw_t * self._len)(), slot, ref))
+        return self._nested[level - 1]
 
     def __call__(self, store: Any, *args: int) -> int | None:
-        raw = self._raw
-        for index, value in enumerate(args[: self._params]):
-            raw[index].i32 = value
-        self._trap.value = None
-        error = self._call(self._ctx, self._ref, raw, self._len, self._trap_ref)
-        if error or self._trap.value:
-            self._fail(error)
-        return int(raw[0].i32) if self._results else None
+        self._depth += 1
+        try:
+            if self._depth == 1:
+                raw, slot, ref = self._raw, self._trap, self._trap_ref
+            else:
+                raw, slot, ref = self._frame()
+            for index, value in enumerate(args[: self._params]):
+                raw[index].i32 = value
+            slot.value = None
+            error = self._call(self._ctx, self._ref, raw, self._len, ref)
+            if error or slot.value:
+                trap_value, slot.value = slot.value, None
+                self._fail(error, trap_value)
+            return int(raw[0].i32) if self._results else None
+        finally:
+            self._depth -= 1
 
-    def _fail(self, error: Any) -> None:
+    def _fail(self, error: Any, trap_value: int | None) -> None:
         if error:
             failure: Exception = wasmtime.WasmtimeError._from_ptr(error)
         else:
-            trap = ctypes.cast(self._trap.value or 0, ctypes.POINTER(ffi.wasm_trap_t))
+            trap = ctypes.cast(trap_value or 0, ctypes.POINTER(ffi.wasm_trap_t))
             failure = wasmtime.Trap._from_ptr(trap)
         # A hostcall that failed in Python left its exception here: it is the real cause.
         pending = self._pending.take()
@@ -184,13 +204,13 @@ class FastMemory(GuestMemory):
 
     def read(self, ptr: int, size: int) -> bytes:
         """``size`` bytes at ``ptr``."""
-        ptr, size = ptr & 0xFFFFFFFF, size & 0xFFFFFFFF
+        ptr, size = unsigned(ptr), unsigned(size)
         self._bounds(ptr, size)
         return ctypes.string_at(self._base + ptr, size) if size else b""
 
     def write(self, ptr: int, data: bytes) -> None:
         """Copy ``data`` to ``ptr``."""
-        ptr &= 0xFFFFFFFF
+        ptr = unsigned(ptr)
         self._bounds(ptr, len(data))
         if data:
             ctypes.memmove(self._base + ptr, data, len(data))

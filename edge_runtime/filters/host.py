@@ -191,9 +191,14 @@ class FilterInstance(Hostcalls, Wasi):
         self._callback_ticks = self._ticks(spec.deadline_ms)
         try:
             self._instantiate(engine, module)
-        except BaseException:
+        except FilterLoadError:
             self._release()
             raise
+        except (Exception, FilterExit) as exc:
+            # A trap in the start section, a shim that cannot link: whatever the guest did,
+            # loading it fails with a FilterLoadError and nothing else escapes.
+            self._release()
+            raise FilterLoadError(spec.name, f"cannot load: {_reason(exc)}") from None
 
     def _instantiate(self, engine: wasmtime.Engine, module: wasmtime.Module) -> None:
         spec = self.spec
@@ -205,7 +210,7 @@ class FilterInstance(Hostcalls, Wasi):
         self._install_log_shim(engine, linker)
         try:
             instance = linker.instantiate(self.store, module)
-        except (wasmtime.WasmtimeError, FilterExit) as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, FilterExit) as exc:
             raise FilterLoadError(spec.name, f"cannot instantiate: {_reason(exc)}") from None
         exports = instance.exports(self.store)
         memory = exports.get("memory")
@@ -216,6 +221,12 @@ class FilterInstance(Hostcalls, Wasi):
             if isinstance(item, wasmtime.Func):
                 ty = item.type(self.store)
                 params, results = len(ty.params), len(ty.results)
+                if _host_called(name) and not _i32_only(ty):
+                    raise FilterLoadError(
+                        spec.name,
+                        f"exports {name} with type {_type_names(ty.params)} -> "
+                        f"{_type_names(ty.results)}; the host calls it with i32s only",
+                    )
                 func: Callable[..., Any] = item
                 if self.fast and all(str(p) == "i32" for p in ty.params):
                     func = fastpath.FastFunc(self.store, item, params, results, self._pending)
@@ -359,7 +370,7 @@ class FilterInstance(Hostcalls, Wasi):
             raise FilterTrapError(
                 self.name, f"{name} called proc_exit({exc.code})", kind="exit"
             ) from None
-        except wasmtime.WasmtimeError as exc:
+        except Exception as exc:
             self.dead = "error"
             raise FilterTrapError(
                 self.name, f"{name} failed: {_reason(exc)}", kind="error"
@@ -368,7 +379,10 @@ class FilterInstance(Hostcalls, Wasi):
             self.fuel_used += self.spec.fuel - self.store.get_fuel()
         if export.results == 0 or result is None:
             return None
-        return int(result)
+        if not isinstance(result, int):
+            self.dead = "error"
+            raise FilterTrapError(self.name, f"{name} returned {result!r}", kind="error")
+        return result
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -474,6 +488,19 @@ class FilterInstance(Hostcalls, Wasi):
 
     def __del__(self) -> None:
         self._release()
+
+
+_START_EXPORTS = ("_initialize", "_start", "main", "malloc")
+
+
+def _host_called(name: str) -> bool:
+    return name.startswith("proxy_on_") or name in _START_EXPORTS
+
+
+def _i32_only(ty: wasmtime.FuncType) -> bool:
+    return all(str(t) == "i32" for t in ty.params) and (
+        len(ty.results) == 0 or (len(ty.results) == 1 and str(ty.results[0]) == "i32")
+    )
 
 
 def _trap_kind(exc: wasmtime.Trap) -> str:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import wasmtime
+
 from edge_runtime.filters.abi import (
     BufferType,
     LogLevel,
@@ -84,7 +86,9 @@ def guarded(method: _F) -> _F:
         except PairsError as exc:
             self.logger.debug("%s: %s: %s", self.name, method.__name__, exc)
             return WasmStatus.BAD_ARGUMENT
-        except FilterExit:
+        except (FilterExit, wasmtime.Trap, wasmtime.WasmtimeError):
+            # The guest itself failed (a trap in its allocator, proc_exit): the instance is
+            # finished, so this must unwind out of wasm, not become a status.
             raise
         except Exception:
             self.logger.exception("%s: %s failed", self.name, method.__name__)
@@ -212,7 +216,8 @@ class Hostcalls:
         start, size = start & 0xFFFFFFFF, size & 0xFFFFFFFF
         # start=0,size=0 prepends; start past the end appends; otherwise replace the range.
         start = min(start, len(buffer))
-        if len(buffer) - size + len(data) > MAX_BODY_BYTES:
+        removed = min(size, len(buffer) - start)
+        if len(buffer) - removed + len(data) > MAX_BODY_BYTES:
             return WasmStatus.BAD_ARGUMENT
         buffer[start : start + size] = data
         return WasmStatus.OK
@@ -496,7 +501,7 @@ class Hostcalls:
         self.memory.read(trailers_ptr, trailers_size)
         self.memory.write_u32(ret_token, 0)
         # Only upstreams named in the config are reachable; nothing else ever is.
-        token = self.env.http.start(self.name, upstream, headers, body, timeout_ms)
+        token = self.env.http.start(self, upstream, headers, body, timeout_ms)
         if token is None:
             self.logger.warning("%s: http_call to %r refused", self.name, upstream)
             return WasmStatus.BAD_ARGUMENT

@@ -17,7 +17,8 @@ MAX_TIMEOUT_MS = 60_000
 class HttpResult:
     """A finished call, waiting to be handed to its filter's on_http_call_response."""
 
-    owner: str
+    # The filter instance that made the call.
+    owner: object
     token: int
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -37,7 +38,7 @@ class HttpCalls:
 
     def start(
         self,
-        owner: str,
+        owner: object,
         upstream: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
@@ -69,10 +70,18 @@ class HttpCalls:
         thread = threading.Thread(
             target=self._run, args=(owner, token, request, timeout), daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            with self._lock:
+                self._in_flight -= 1
+            return None
         return token
 
-    def _run(self, owner: str, token: int, request: urllib.request.Request, timeout: float) -> None:
+    def _run(
+        self, owner: object, token: int, request: urllib.request.Request, timeout: float
+    ) -> None:
+        result = HttpResult(owner, token, 0, [], b"", error="call failed")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read(MAX_RESPONSE_BYTES + 1)[:MAX_RESPONSE_BYTES]
@@ -80,14 +89,19 @@ class HttpCalls:
                 headers += [(k.lower().encode(), v.encode()) for k, v in response.getheaders()]
                 result = HttpResult(owner, token, response.status, headers, body)
         except urllib.error.HTTPError as exc:
-            body = exc.read(MAX_RESPONSE_BYTES)
             headers = [(b":status", str(exc.code).encode())]
+            try:
+                body = exc.read(MAX_RESPONSE_BYTES)
+            except Exception:
+                body = b""
             result = HttpResult(owner, token, exc.code, headers, body)
         except Exception as exc:  # network errors of every kind end the call the same way
             result = HttpResult(owner, token, 0, [], b"", error=str(exc))
-        with self._lock:
-            self._in_flight -= 1
-            self._done.append(result)
+        finally:
+            # Whatever happened, the call is over: free its slot and report it.
+            with self._lock:
+                self._in_flight -= 1
+                self._done.append(result)
 
     def take_done(self) -> list[HttpResult]:
         """Finished calls, cleared."""

@@ -11,6 +11,15 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+def unsigned(value: int) -> int:
+    """An i32 as the guest meant it: the public API hands i32s over signed.
+
+    Values past 32 bits (a pointer plus an offset) stay past them, so they fail the bounds
+    check instead of wrapping around to low memory.
+    """
+    return value + (1 << 32) if value < 0 else value
+
+
 class GuestMemoryError(Exception):
     """A pointer or length from the guest points outside its memory (or its allocator failed)."""
 
@@ -39,7 +48,7 @@ class GuestMemory:
 
     def read(self, ptr: int, size: int) -> bytes:
         """``size`` bytes at ``ptr``."""
-        ptr, size = ptr & 0xFFFFFFFF, size & 0xFFFFFFFF
+        ptr, size = unsigned(ptr), unsigned(size)
         self._check(ptr, size)
         if size == 0:
             return b""
@@ -47,7 +56,7 @@ class GuestMemory:
 
     def write(self, ptr: int, data: bytes) -> None:
         """Copy ``data`` to ``ptr``."""
-        ptr &= 0xFFFFFFFF
+        ptr = unsigned(ptr)
         self._check(ptr, len(data))
         if data:
             self._memory.write(self._store, data, ptr)
@@ -65,8 +74,7 @@ class GuestMemory:
 
         Empty data is written as 0/0 without calling the allocator, as the reference host does.
         """
-        ptr_ptr &= 0xFFFFFFFF
-        size_ptr &= 0xFFFFFFFF
+        ptr_ptr, size_ptr = unsigned(ptr_ptr), unsigned(size_ptr)
         # Check the result slots first, so a bad slot never costs a guest allocation.
         self._check(ptr_ptr, 4)
         self._check(size_ptr, 4)

@@ -23,6 +23,8 @@ PREFIX = "edge_runtime_filter_"
 _BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 MAX_METRICS = 512
+# Names the host exports per filter itself (see ChainStats).
+RESERVED = frozenset({"traps", "restarts", "skipped", "recycled", "failed"})
 
 
 @dataclass
@@ -41,6 +43,7 @@ class FilterMetrics(Collector):
     def __init__(self) -> None:
         self._metrics: list[_Metric] = []
         self._ids: dict[tuple[str, str, MetricType], int] = {}
+        self._kinds: dict[str, tuple[MetricType, str]] = {}
         self._lock = threading.Lock()
 
     def define(self, filter_name: str, kind: int, name: str) -> tuple[WasmStatus, int]:
@@ -50,11 +53,21 @@ class FilterMetrics(Collector):
         except ValueError:
             return WasmStatus.BAD_ARGUMENT, 0
         key = (filter_name, name, metric_type)
+        exported = _INVALID.sub("_", name)
         with self._lock:
             if key in self._ids:
                 return WasmStatus.OK, self._ids[key]
+            # One Prometheus family per exported name: a name that another filter (or this
+            # one) uses with another kind or spelling, or one of the host's own, is refused
+            # here rather than breaking every scrape later.
+            if exported in RESERVED or self._kinds.get(exported, (metric_type, name)) != (
+                metric_type,
+                name,
+            ):
+                return WasmStatus.BAD_ARGUMENT, 0
             if len(self._metrics) >= MAX_METRICS:
                 return WasmStatus.INTERNAL_FAILURE, 0
+            self._kinds[exported] = (metric_type, name)
             self._metrics.append(_Metric(filter_name, name, metric_type))
             # Ids start at 1: some SDKs treat 0 as "undefined".
             self._ids[key] = len(self._metrics)

@@ -102,6 +102,7 @@ class FilterService:
             weakref.WeakKeyDictionary()
         )
         self._retired: list[FilterChain] = []
+        self._pending: FilterChain | None = None
 
     def _engine(self, fuel: bool) -> _Engine:
         # Fuel metering changes compiled code: filters that use it get their own engine.
@@ -149,7 +150,8 @@ class FilterService:
 
     @property
     def chain(self) -> FilterChain:
-        """The chain new requests enter."""
+        """The chain new requests enter (call from the chain's thread)."""
+        self._apply_pending()
         return self._chain
 
     def load(self, filters: Sequence[FilterSettings]) -> None:
@@ -167,10 +169,22 @@ class FilterService:
             log.error("filter reload failed, keeping the current chain: %s", exc)
             return False
         with self._lock:
-            old, self._chain = self._chain, new
-            self._retire(old)
+            # The swap itself happens on the chain's own thread (begin/poll): the old chain's
+            # stores must never run on two threads at once.
+            superseded, self._pending = self._pending, new
+        if superseded is not None:
+            superseded.close()
         log.info("filter chain reloaded: %s", ", ".join(f.name for f in filters) or "(empty)")
         return True
+
+    def _apply_pending(self) -> None:
+        if self._pending is None:
+            return
+        with self._lock:
+            # Only the chain's thread swaps, so nothing can take the pending chain meanwhile.
+            new, self._pending = self._pending, None
+            old, self._chain = self._chain, new
+            self._retire(old)
 
     def _retire(self, chain: FilterChain) -> None:
         # In-flight requests finish on the chain they started on; close it when they are done.
@@ -181,6 +195,7 @@ class FilterService:
 
     def begin(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
         """Run the request phase on the current chain; pair with end()."""
+        self._apply_pending()
         with self._lock:
             chain = self._chain
             self._in_flight[id(chain)] = self._in_flight.get(id(chain), 0) + 1
@@ -237,6 +252,7 @@ class FilterService:
 
         Runs on the thread that runs the chain; the daemon calls it every few milliseconds.
         """
+        self._apply_pending()
         now = time.monotonic() * 1000 if now_ms is None else now_ms
         by_name = {s.name: s for s in self._chain.filters}
         for owner, queue_id in self.env.queues.take_ready():
@@ -244,21 +260,27 @@ class FilterService:
             if supervisor is not None:
                 self._root_call(supervisor, "proxy_on_queue_ready", queue_id)
         for result in self.env.http.take_done():
-            supervisor = by_name.get(result.owner)
-            instance = supervisor.live() if supervisor is not None else None
-            if supervisor is None or instance is None:
+            # The answer goes to the instance that made the call, even if a reload or restart
+            # has replaced it since (its paused requests are still waiting for it).
+            instance = result.owner
+            if not isinstance(instance, FilterInstance) or instance.dead is not None:
                 continue
             instance.http_response = (result.headers, result.body)
             instance.http_call_status = (result.status, result.error.encode())
             try:
-                self._root_call(
-                    supervisor,
+                instance.root_call(
                     "proxy_on_http_call_response",
                     result.token,
                     len(result.headers),
                     len(result.body),
                     0,
                 )
+            except FilterTrapError as exc:
+                supervisor = by_name.get(instance.name)
+                if supervisor is not None:
+                    supervisor.trapped(exc)
+                else:
+                    log.error("%s", exc)
             finally:
                 instance.http_response = None
         for supervisor in self._chain.filters:
@@ -283,6 +305,9 @@ class FilterService:
 
     def close(self) -> None:
         """Finish every chain and stop the epoch tickers."""
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
         self._chain.close()
         for chain in self._retired:
             chain.close()

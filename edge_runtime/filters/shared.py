@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from edge_runtime.filters.abi import WasmStatus
@@ -15,13 +15,18 @@ class SharedData:
 
     max_keys: int = 4096
     max_value_bytes: int = 64 * 1024
-    _values: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
+    # Least recently used first: when the store is full, the oldest key makes room (a rate
+    # limiter's bucket for a device long gone, typically) instead of refusing new keys forever.
+    _values: OrderedDict[bytes, tuple[bytes, int]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """Value and CAS version, or None."""
         with self._lock:
-            return self._values.get(key)
+            found = self._values.get(key)
+            if found is not None:
+                self._values.move_to_end(key)
+            return found
 
     def set(self, key: bytes, value: bytes, cas: int) -> WasmStatus:
         """Store ``value``; a non-zero ``cas`` must match the current version."""
@@ -32,10 +37,11 @@ class SharedData:
             if cas and (current is None or current[1] != cas):
                 return WasmStatus.CAS_MISMATCH
             if current is None and len(self._values) >= self.max_keys:
-                return WasmStatus.INTERNAL_FAILURE
+                self._values.popitem(last=False)
             version = (current[1] if current else 0) + 1
             # Version 0 means "unconditional" to the guest: never hand it out.
             self._values[key] = (value, version or 1)
+            self._values.move_to_end(key)
             return WasmStatus.OK
 
 

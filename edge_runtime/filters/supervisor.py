@@ -132,13 +132,19 @@ class FilterSupervisor:
         try:
             self._instance = self._new_instance()
         except FilterError as exc:
-            self.failed = f"restart failed: {exc}"
-            log.error("filter %s marked failed: %s", self.name, exc)
+            # Counted against the restart budget like a trap: a start-up that timed out on a
+            # busy box gets another chance; one that keeps failing ends up marked failed.
+            self._instance = None
+            log.error("filter %s: restart failed: %s", self.name, exc)
             raise
         log.warning("filter %s restarted (%d in window)", self.name, len(self._restarts))
         return self._instance
 
     def _near_cap(self, instance: FilterInstance) -> bool:
+        # Only an idle instance (no stream context but the root) is replaced: requests still
+        # under way on it finish there.
+        if len(instance.contexts) > 1:
+            return False
         return instance.memory.size() > RECYCLE_AT * self.spec.memory_max_bytes
 
     def _recycle(self, old: FilterInstance) -> FilterInstance:

@@ -8,9 +8,11 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+import wasmtime
+
 from edge_runtime.filters.abi import WasiErrno
 from edge_runtime.filters.hostcalls import FilterExit, HostEnv
-from edge_runtime.filters.memory import GuestMemory, GuestMemoryError
+from edge_runtime.filters.memory import GuestMemory, GuestMemoryError, unsigned
 
 _CLOCK_REALTIME = 0
 _CLOCK_MONOTONIC = 1
@@ -29,7 +31,7 @@ def _errno(method: _F) -> _F:
             return int(method(self, *args))
         except GuestMemoryError:
             return WasiErrno.INVAL
-        except FilterExit:
+        except (FilterExit, wasmtime.Trap, wasmtime.WasmtimeError):
             raise
         except Exception:
             self.logger.exception("%s: WASI %s failed", self.name, method.__name__)
@@ -55,7 +57,7 @@ class Wasi:
             return WasiErrno.BADF
         chunks = []
         for index in range(min(iovs_len & 0xFFFFFFFF, _MAX_IOVECS)):
-            ptr, size = struct.unpack("<II", self.memory.read(iovs + 8 * index, 8))
+            ptr, size = struct.unpack("<II", self.memory.read(unsigned(iovs) + 8 * index, 8))
             chunks.append(self.memory.read(ptr, min(size, _MAX_WRITE)))
         data = b"".join(chunks)
         text = data.decode("utf-8", "replace").rstrip("\n")
@@ -131,9 +133,9 @@ class Wasi:
 
     @_errno
     def environ_get(self, ptrs: int, buf: int) -> int:
-        offset = buf & 0xFFFFFFFF
+        offset = unsigned(buf)
         for index, entry in enumerate(self._environ()):
-            self.memory.write_u32(ptrs + 4 * index, offset)
+            self.memory.write_u32(unsigned(ptrs) + 4 * index, offset)
             self.memory.write(offset, entry)
             offset += len(entry)
         return WasiErrno.SUCCESS
