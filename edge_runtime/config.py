@@ -149,6 +149,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=path) from None
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,16 +206,31 @@ def build_settings(
         raise ConfigError(message, file=origin, key=key) from None
 
 
-_PATH_KEYS = (("model", "path"), ("device", "profiles_dir"))
+_PATH_KEYS = (("model", "path"), ("device", "profiles_dir"), ("filter_host", "cache_dir"))
+_FILTER_PATH_KEYS = ("module", "config_file")
+
+
+def _anchored(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and not Path(value).is_absolute():
+        return str(base / value)
+    return value
 
 
 def _anchor_paths(combined: dict[str, Any], user: Mapping[str, Any], base: Path) -> dict[str, Any]:
     out = dict(combined)
     for section, key in _PATH_KEYS:
-        value = user.get(section, {}).get(key) if isinstance(user.get(section), Mapping) else None
-        if isinstance(value, str) and not Path(value).is_absolute():
+        table = user.get(section)
+        if isinstance(table, Mapping) and key in table and isinstance(out.get(section), Mapping):
             out[section] = dict(out[section])
-            out[section][key] = str(base / value)
+            out[section][key] = _anchored(table[key], base)
+    filters = user.get("filters")
+    if isinstance(filters, list):
+        out["filters"] = [
+            {k: _anchored(v, base) if k in _FILTER_PATH_KEYS else v for k, v in entry.items()}
+            if isinstance(entry, Mapping)
+            else entry
+            for entry in filters
+        ]
     return out
 
 

@@ -87,3 +87,24 @@ def test_merge_is_deep_and_leaves_inputs_alone() -> None:
     merged = merge(base, {"a": {"c": 3}})
     assert merged == {"a": {"b": 1, "c": 3}}
     assert base == {"a": {"b": 1, "c": 2}}
+
+
+def test_filter_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[filter_host]\ncache_dir = "cache"\n'
+        '[[filters]]\nname = "a"\nmodule = "f.wasm"\nconfig_file = "c.json"\n'
+        '[[filters]]\nname = "b"\nmodule = "/abs/g.wasm"\n',
+    )
+    settings = load_settings(path)
+    assert settings.filter_host.cache_dir == tmp_path / "cache"
+    assert settings.filters[0].module == tmp_path / "f.wasm"
+    assert settings.filters[0].config_file == tmp_path / "c.json"
+    assert settings.filters[1].module == Path("/abs/g.wasm")
+
+
+def test_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"a = '\xff'\n")
+    with pytest.raises(ConfigError, match="bad.toml: not UTF-8"):
+        load_settings(path)
