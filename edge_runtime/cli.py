@@ -175,7 +175,9 @@ def _generate(args: argparse.Namespace) -> int:
         optimization=settings.runtime.graph_optimization,
     )
     overrides: dict[str, Any] = {
-        "max_new_tokens": args.max_tokens or settings.model.max_new_tokens,
+        "max_new_tokens": (
+            args.max_tokens if args.max_tokens is not None else settings.model.max_new_tokens
+        ),
         "seed": args.seed,
         "stop": tuple(args.stop),
     }

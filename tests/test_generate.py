@@ -265,6 +265,10 @@ def test_async_stream_runs_off_loop_and_cancels_on_exit(tiny_model: Model) -> No
 
     assert len(asyncio.run(take_two())) == 2
     assert generation.cancel_token.cancelled
+    # The abandoned generation is run to its end on the model's thread, so it has a result.
+    tiny_model.executor.submit(lambda: None).result()
+    assert generation.result.finish_reason == "cancelled"
+    assert generation.result.usage.completion_tokens < 200
 
 
 def test_generation_params_reject_nonsense() -> None:
@@ -274,3 +278,25 @@ def test_generation_params_reject_nonsense() -> None:
         GenerationParams(stop=("",))
     with pytest.raises(ValueError):
         SamplingParams(top_p=0.0)
+
+
+def test_text_held_back_is_released_when_eos_ends_the_answer(tiny_model: Model) -> None:
+    # "🙂" is four byte tokens in the tiny vocabulary; stop after the first three, then EOS.
+    script = tiny_model.tokenizer.encode("ok 🙂")[:-1]
+    generation = scripted(tiny_model, script, GenerationParams(max_new_tokens=50))
+    text = "".join(generation)
+    assert generation.result.finish_reason == "stop"
+    assert text == generation.result.text == tiny_model.tokenizer.decode(script)
+
+
+def test_long_prompts_are_prefilled_in_chunks_with_the_same_result(
+    tiny_model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.model import runtime
+
+    prompt = chat_ids(tiny_model, "the kitchen temperature is fine " * 120)
+    assert len(prompt) > 2 * runtime.PREFILL_CHUNK
+    chunked = unbounded(tiny_model, GenerationParams(max_new_tokens=8), prompt=prompt).run()
+    monkeypatch.setattr(runtime, "PREFILL_CHUNK", 100_000)
+    whole = unbounded(tiny_model, GenerationParams(max_new_tokens=8), prompt=prompt).run()
+    assert chunked.token_ids == whole.token_ids

@@ -141,3 +141,51 @@ def test_tokenizer_larger_than_the_model(model_copy: Path) -> None:
     path.write_text(json.dumps(config))
     with pytest.raises(ModelFormatError, match="do not belong together"):
         load_model(model_copy, threads=1, verify="off")
+
+
+@pytest.mark.parametrize("name", ["../outside.json", "/etc/hostname", "sub/dir.json"])
+def test_manifest_cannot_name_files_outside_the_directory(model_copy: Path, name: str) -> None:
+    path = model_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][name] = {"sha256": "0" * 64, "size": 1}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="not a plain name"):
+        load_model(model_copy, threads=1)
+
+
+def test_manifest_must_list_every_file(model_copy: Path) -> None:
+    path = model_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["files"]["tokenizer.json"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="does not list tokenizer.json"):
+        load_model(model_copy, threads=1)
+
+
+@pytest.mark.parametrize("eos", ["abc", {}, 1.5, True, [1, "x"]])
+def test_odd_eos_token_id_names_the_file(model_copy: Path, eos: object) -> None:
+    path = model_copy / "generation_config.json"
+    config = json.loads(path.read_text())
+    config["eos_token_id"] = eos
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="generation_config.json: eos_token_id"):
+        load_model(model_copy, threads=1, verify="off")
+
+
+def test_bad_sampling_default_fails_the_load(model_copy: Path) -> None:
+    path = model_copy / "generation_config.json"
+    config = json.loads(path.read_text())
+    config["temperature"] = "hot"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="generation_config.json: bad sampling default"):
+        load_model(model_copy, threads=1, verify="off")
+
+
+def test_chat_template_in_its_own_file(model_copy: Path) -> None:
+    path = model_copy / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    (model_copy / "chat_template.jinja").write_text(config.pop("chat_template"))
+    path.write_text(json.dumps(config))
+    with load_model(model_copy, threads=1, verify="off") as model:
+        text = model.tokenizer.render([{"role": "user", "content": "hi"}])
+        assert text == "[gMASK]<sop><|user|>\nhi<|assistant|>"

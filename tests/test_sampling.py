@@ -85,3 +85,9 @@ def test_same_seed_same_draws() -> None:
 
     assert draws(11) == draws(11)
     assert draws(11) != draws(12)
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth() -> None:
+    scores = np.array([5.0, 3.0, 3.0, 3.0, 1.0])
+    head, _probs = _top_candidates(scores, 2, 1.0)
+    assert set(head.tolist()) == {0, 1, 2, 3}

@@ -113,3 +113,17 @@ def test_stream_decoder_never_splits_characters(tok: ChatTokenizer, text: str) -
     pieces = [decoder.step(i) for i in ids]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == tok.decode(ids)
+
+
+def test_message_content_is_normalised(tok: ChatTokenizer) -> None:
+    from edge_runtime.errors import RequestError
+
+    parts = [{"type": "text", "text": "turn on "}, {"type": "text", "text": "the fan"}]
+    assert tok.render([{"role": "user", "content": parts}]).endswith("turn on the fan<|assistant|>")
+    assert tok.render([{"role": "assistant", "content": None}, {"role": "user", "content": "x"}])
+    with pytest.raises(RequestError, match="message 0: content must be text"):
+        tok.render([{"role": "user", "content": 5}])
+    with pytest.raises(RequestError, match="only text content parts"):
+        tok.render([{"role": "user", "content": [{"type": "image_url"}]}])
+    with pytest.raises(RequestError, match="needs a role"):
+        tok.render([{"content": "x"}])

@@ -26,7 +26,12 @@ from edge_runtime.model.runtime import GraphLayout, OnnxDecoder, open_session, s
 from edge_runtime.model.tokenizer import ChatTokenizer
 
 SUPPORTED_TYPES = ("glm", "glm4")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 TWO_GB = 2 * 1024**3
 
 # Conversations the parity figures are measured on: short, mixed English and Chinese.

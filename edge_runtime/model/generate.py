@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -174,6 +175,7 @@ class Generation:
         finish: FinishReason = "length"
         state = self._decoder.start()
         feed: Sequence[int] = self._prompt
+        cut = None
         while len(generated) < self._budget:
             if self._cancel.cancelled:
                 finish = "cancelled"
@@ -200,8 +202,8 @@ class Generation:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-        else:
-            # Not cut by a stop string: release what the detokenizer still holds.
+        if cut is None:
+            # However it ended (EOS, limit, cancel), release what the detokenizer still holds.
             text += self._text_decoder.flush()
             cut = _find_stop(text, params.stop, emitted)
             if cut is not None:
@@ -259,12 +261,24 @@ async def stream(generation: Generation, executor: Executor) -> AsyncIterator[st
     def step() -> object:
         return next(iterator, done)
 
+    finished = False
     try:
         while True:
             delta = await loop.run_in_executor(executor, step)
             if delta is done:
+                finished = True
                 return
             assert isinstance(delta, str)
             yield delta
     finally:
-        generation.cancel_token.cancel()
+        if not finished:
+            generation.cancel_token.cancel()
+            # Run it to its end on the executor (it stops at the next step) so its result,
+            # finish_reason "cancelled", exists and its KV cache is released.
+            with contextlib.suppress(RuntimeError):  # the executor is already shut down
+                executor.submit(_drain, iterator)
+
+
+def _drain(iterator: Iterator[str]) -> None:
+    for _ in iterator:
+        pass

@@ -118,6 +118,27 @@ def read_manifest(directory: Path) -> Manifest:
         raise ModelFileError(path, f"format {manifest.format} is not {FORMAT_VERSION}")
     if manifest.graph not in manifest.files:
         raise ModelFileError(path, f"graph {manifest.graph!r} is not among its files")
+    root = directory.resolve()
+    for name in manifest.files:
+        # A manifest names files inside its own directory, nothing else: no absolute paths,
+        # no "..", no links that lead out.
+        candidate = Path(name)
+        if candidate.is_absolute() or ".." in candidate.parts or len(candidate.parts) != 1:
+            raise ModelFileError(path, f"file {name!r} is not a plain name in the directory")
+        if not (directory / name).resolve().is_relative_to(root):
+            raise ModelFileError(path, f"file {name!r} leads outside the model directory")
+    required = {"config.json", "tokenizer.json", "tokenizer_config.json"}
+    required |= {
+        name
+        for name in ("generation_config.json", "chat_template.jinja")
+        if (directory / name).exists()
+    }
+    data_files = {p.name for p in directory.glob(f"{manifest.graph}*_data")} | {
+        p.name for p in directory.glob(f"{manifest.graph}.data")
+    }
+    missing = sorted((required | data_files) - set(manifest.files))
+    if missing:
+        raise ModelFileError(path, f"does not list {', '.join(missing)}; every file is hashed")
     return manifest
 
 

@@ -13,13 +13,19 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.errors import ContextLengthError, ModelFileError, ModelFormatError
+from edge_runtime.errors import (
+    ContextLengthError,
+    ModelFileError,
+    ModelFormatError,
+    RequestError,
+)
 from edge_runtime.model.generate import CancelToken, DecoderState, Generation, GenerationParams
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
 from edge_runtime.model.sampling import Logits, SamplingParams
 from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer, Message
 
 GRAPH_NAMES = ("model_int8.onnx", "model.onnx")
+PREFILL_CHUNK = 256
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ONNX_FLOAT: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -143,9 +149,19 @@ class OnnxDecoder:
         return _KVState(past=dict.fromkeys(self.layout.past_names, self._empty))
 
     def forward(self, state: DecoderState, ids: Sequence[int]) -> Logits:
-        """Run ``ids`` through the graph after ``state``; return the last position's logits."""
+        """Run ``ids`` through the graph after ``state``; return the last position's logits.
+
+        Long prompts go in chunks: the graph returns logits for every position it is given,
+        and for a 150k vocabulary a 2k-token prompt would otherwise need 1.2 GB for them.
+        """
         if not isinstance(state, _KVState):
             raise TypeError("state was not made by this decoder")
+        for start in range(0, len(ids) - PREFILL_CHUNK, PREFILL_CHUNK):
+            self._step(state, ids[start : start + PREFILL_CHUNK])
+        tail = len(ids) % PREFILL_CHUNK or PREFILL_CHUNK
+        return self._step(state, ids[len(ids) - tail :])
+
+    def _step(self, state: _KVState, ids: Sequence[int]) -> Logits:
         count = len(ids)
         total = state.length + count
         feeds: dict[str, ort.OrtValue] = dict(state.past)
@@ -179,22 +195,52 @@ class ModelConfig:
     @classmethod
     def from_directory(cls, directory: Path) -> ModelConfig:
         """Read config.json (required) and generation_config.json (optional)."""
-        config = _read_json(directory / "config.json")
+        config_path = directory / "config.json"
         gen_path = directory / "generation_config.json"
+        config = _read_json(config_path)
         generation = _read_json(gen_path) if gen_path.exists() else {}
-        eos = generation.get("eos_token_id", config.get("eos_token_id"))
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_source, eos = (
+            (gen_path, generation["eos_token_id"])
+            if "eos_token_id" in generation
+            else (config_path, config.get("eos_token_id"))
+        )
+        eos_ids = _token_ids(eos)
+        if eos_ids is None:
+            raise ModelFileError(
+                eos_source, f"eos_token_id must be an id or a list of ids: {eos!r}"
+            )
+        architectures = config.get("architectures") or ["?"]
+        if isinstance(architectures, str):
+            architectures = [architectures]
         try:
+            vocab_size = config["vocab_size"]
+            positions = config.get("max_position_embeddings", 2048)
+            if not _is_id(vocab_size) or not _is_id(positions):
+                raise ValueError("vocab_size and max_position_embeddings must be integers")
             return cls(
                 model_type=str(config["model_type"]),
-                architecture=str((config.get("architectures") or ["?"])[0]),
-                max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
-                vocab_size=int(config["vocab_size"]),
-                eos_token_ids=tuple(int(i) for i in eos_ids),
+                architecture=str(architectures[0]),
+                max_position_embeddings=positions,
+                vocab_size=vocab_size,
+                eos_token_ids=eos_ids,
                 defaults=generation,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(directory / "config.json", f"missing or bad key: {exc}") from None
+            raise ModelFileError(config_path, f"missing or bad key: {exc}") from None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _token_ids(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return ()
+    if _is_id(value):
+        return (value,)
+    if isinstance(value, list) and all(_is_id(v) for v in value):
+        return tuple(value)
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -242,6 +288,13 @@ class Model:
         self.manifest = manifest
         self.context_length = context_length
         self.context_overflow = context_overflow
+        try:
+            # Checked now, so a bad generation_config.json fails the load, not every request.
+            self._params({})
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(
+                directory / "generation_config.json", f"bad sampling default: {exc}"
+            ) from None
         turn_ends = (tokenizer.token_id(t) for t in GLM_TURN_END_TOKENS)
         self.eos_token_ids = tuple(
             sorted(set(config.eos_token_ids) | {i for i in turn_ends if i is not None})
@@ -261,7 +314,16 @@ class Model:
         self.close()
 
     def default_params(self, **overrides: Any) -> GenerationParams:
-        """Generation parameters from generation_config.json, then ``overrides``."""
+        """Generation parameters from generation_config.json, then ``overrides``.
+
+        Impossible values (a top_p of 0, a negative temperature) are a RequestError.
+        """
+        try:
+            return self._params(dict(overrides))
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"bad generation parameter: {exc}") from None
+
+    def _params(self, overrides: dict[str, Any]) -> GenerationParams:
         d = self.config.defaults
         sampling = SamplingParams(
             do_sample=bool(overrides.pop("do_sample", d.get("do_sample", False))),

@@ -72,6 +72,11 @@ def _top_candidates(
     probs_all /= probs_all.sum()
     if 0 < top_k < vocab:
         head = _largest(probs_all, top_k)
+        # Like transformers, keep every token tied with the k-th: the cut is by score.
+        kth = probs_all[head[-1]]
+        if np.count_nonzero(probs_all >= kth) > top_k:
+            head = np.flatnonzero(probs_all >= kth)
+            head = head[np.argsort(-probs_all[head], kind="stable")]
         probs = probs_all[head] / probs_all[head].sum()
     else:
         # Sorting a 150k vocabulary every step is costly and the nucleus is almost always

@@ -14,7 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-from edge_runtime.errors import ModelFileError, ModelFormatError
+from edge_runtime.errors import ModelFileError, ModelFormatError, RequestError
 
 Message = Mapping[str, Any]
 
@@ -33,6 +33,7 @@ GLM_SPECIAL_TOKENS = (
     "<|observation|>",
 )
 GLM_TURN_END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+TEMPLATE_FILE = "chat_template.jinja"
 
 
 class _TemplateRaisedError(Exception):
@@ -99,6 +100,10 @@ class ChatTokenizer:
         if not isinstance(config, dict):
             raise ModelFileError(cfg_path, "not a JSON object")
         template = _pick_template(config.get("chat_template"))
+        separate = directory / TEMPLATE_FILE
+        if template is None and separate.is_file():
+            # transformers 4.4x+ save_pretrained writes the template beside the config.
+            template = separate.read_text(encoding="utf-8")
         if template is None:
             raise ModelFormatError(
                 f"{cfg_path}: no chat_template; a chat model needs one to format its prompts"
@@ -125,7 +130,7 @@ class ChatTokenizer:
         """Render a conversation with the model's chat template."""
         try:
             return self._template.render(
-                messages=list(messages),
+                messages=[_normalise(index, m) for index, m in enumerate(messages)],
                 tools=list(tools) if tools else None,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._config.get("bos_token", ""),
@@ -135,6 +140,8 @@ class ChatTokenizer:
             raise ModelFormatError(f"chat template refused the conversation: {exc}") from None
         except TemplateError as exc:
             raise ModelFormatError(f"chat template failed: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"the conversation does not fit the chat template: {exc}") from None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of already formatted text.
@@ -193,6 +200,26 @@ class StreamDecoder:
         tail = full[self._sent :]
         self._sent = len(full)
         return tail
+
+
+def _normalise(index: int, message: Any) -> dict[str, Any]:
+    """A message as the template expects it: a role and text content (parts joined)."""
+    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+        raise RequestError(f"message {index}: needs a role")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    elif isinstance(content, list):
+        # OpenAI-style content parts: this model reads text only.
+        texts = [
+            p.get("text") for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+        ]
+        if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            raise RequestError(f"message {index}: only text content parts are supported")
+        content = "".join(texts)  # type: ignore[arg-type]
+    elif not isinstance(content, str):
+        raise RequestError(f"message {index}: content must be text")
+    return {**message, "content": content}
 
 
 def _pick_template(value: Any) -> str | None:
