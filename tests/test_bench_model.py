@@ -31,7 +31,6 @@ def test_arguments_are_checked(overrides: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    pytest.importorskip("optimum.onnxruntime")
     cache = tmp_path_factory.mktemp("bench-model")
     args = ModelBenchArgs(
         json=True,
