@@ -13,6 +13,7 @@ class Status(enum.IntEnum):
     OK = 200
     CREATED = 201
     BAD_REQUEST = 400
+    UNAUTHORIZED = 401
     FORBIDDEN = 403
     NOT_FOUND = 404
     PAYLOAD_TOO_LARGE = 413

@@ -15,6 +15,8 @@ ALLOWED = {
     "model": LEAVES | {"model"},
     "device": LEAVES | {"device"},
     "filters": LEAVES | {"filters"},
+    "codec": LEAVES,
+    "pipeline": LEAVES | {"codec", "filters", "model"},
     "doctor": LEAVES | {"device", "model"},
     "bench": LEAVES | {"device", "model", "bench", "filters"},
 }

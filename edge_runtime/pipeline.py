@@ -1,0 +1,339 @@
+"""The request path: filters, route, model, filters again; the one place errors become answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.codec import JSON, InferenceRequest, decode_request, encode, media_type
+from edge_runtime.errors import (
+    BusyError,
+    DeadlineExceededError,
+    EdgeRuntimeError,
+    RequestError,
+)
+from edge_runtime.filters.chain import Exchange, FilterChain
+from edge_runtime.filters.service import FilterService
+from edge_runtime.filters.stream import HttpStream, LocalResponse, get_header
+from edge_runtime.messages import Chunk, Request, Response, Status, Timing, Usage
+from edge_runtime.model.generate import stream as stream_generation
+from edge_runtime.model.runtime import Model
+
+log = logging.getLogger("edge_runtime.pipeline")
+
+ChunkSink = Callable[[Chunk], Awaitable[None]]
+ROUTES = ("direct", "orchestrate", "echo")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Bounds and defaults of the request path."""
+
+    default_route: str = "direct"
+    timeout_seconds: float = 30.0
+    max_payload_bytes: int = 64 * 1024
+    max_concurrent: int = 2
+    max_queue: int = 16
+    max_new_tokens: int = 256
+    # Stream deltas are coalesced: a chunk goes out when this many characters or this much
+    # time has gathered, so a device is not sent one publish per token.
+    coalesce_chars: int = 48
+    coalesce_seconds: float = 0.08
+    pause_timeout_seconds: float = 5.0
+
+
+class Pipeline:
+    """Runs one request through the filter chain and a route, and always returns a Response."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        *,
+        model: Model | None = None,
+        filters: FilterService | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.settings = settings
+        self._model = model
+        self._filters = filters
+        self._clock = clock
+        # Every filter callback runs on this one thread: a wasmtime store has one owner.
+        self._filter_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filters")
+        self._slots = asyncio.Semaphore(settings.max_concurrent)
+        self._waiting = 0
+
+    def close(self) -> None:
+        """Stop the filter thread."""
+        self._filter_thread.shutdown(wait=True)
+
+    async def handle(self, request: Request, sink: ChunkSink | None = None) -> Response:
+        """Answer ``request``; streamed deltas go to ``sink``; errors become error Responses."""
+        started = self._clock()
+        try:
+            if self._waiting >= self.settings.max_queue and self._slots.locked():
+                raise BusyError("too many requests waiting", retry_after=1.0)
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            try:
+                return await self._handle(request, sink, started)
+            finally:
+                self._slots.release()
+        except EdgeRuntimeError as exc:
+            return _error(request, exc.status, str(exc), exc)
+        except Exception:
+            log.exception("request %s failed", request.id)
+            return _error(request, Status.INTERNAL_ERROR, "internal error", None)
+
+    async def _handle(self, request: Request, sink: ChunkSink | None, started: float) -> Response:
+        deadline = request.deadline
+        if deadline is None:
+            deadline = started + self.settings.timeout_seconds
+        stream = HttpStream(
+            request_headers=[(k.encode(), v.encode()) for k, v in request.headers],
+            request_body=bytearray(request.body),
+            properties={
+                "device.id": request.device_id.encode(),
+                "request.protocol": request.transport.encode(),
+                "request.id": request.id.encode(),
+            },
+        )
+        chain_exchange: tuple[FilterChain, Exchange] | None = None
+        try:
+            if self._filters is not None:
+                chain_exchange = await self._request_phase(stream)
+                if stream.local_response is not None:
+                    return _local(request, stream.local_response)
+            content_type = _header(stream, "content-type")
+            kind = media_type(content_type)
+            body = decode_request(
+                bytes(stream.request_body), content_type, max_bytes=self.settings.max_payload_bytes
+            )
+            route = _header(stream, "x-route") or body.route or self.settings.default_route
+            if route not in ROUTES:
+                raise RequestError(f"unknown route {route!r}; routes are {', '.join(ROUTES)}")
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise DeadlineExceededError("the request expired before it was answered")
+            try:
+                async with asyncio.timeout(remaining):
+                    answer = await self._route(request, body, route, sink)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"no answer within {remaining:.1f} s (the request's deadline)"
+                ) from None
+            if chain_exchange is not None:
+                answer = await self._response_phase(chain_exchange, stream, answer, kind)
+                if stream.local_response is not None:
+                    return _local(request, stream.local_response)
+            return answer
+        finally:
+            if chain_exchange is not None and self._filters is not None:
+                chain, exchange = chain_exchange
+                await self._on_filter_thread(self._filters.end, chain, exchange)
+
+    async def _on_filter_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._filter_thread, func, *args)
+
+    async def _request_phase(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
+        assert self._filters is not None
+        chain, exchange = await self._on_filter_thread(self._filters.begin, stream)
+        await self._wait_resumed(chain, exchange)
+        return chain, exchange
+
+    async def _wait_resumed(self, chain: FilterChain, exchange: Exchange) -> None:
+        assert self._filters is not None
+        filters = self._filters
+        while exchange.paused_at is not None:
+
+            def check() -> bool:
+                filters.poll()
+                if chain.resume(exchange):
+                    return True
+                if time.monotonic() - exchange.paused_since > self.settings.pause_timeout_seconds:
+                    chain.expire(exchange)
+                return exchange.paused_at is None
+
+            if await self._on_filter_thread(check):
+                return
+            await asyncio.sleep(filters.host.tick_ms / 1000)
+
+    async def _response_phase(
+        self,
+        chain_exchange: tuple[FilterChain, Exchange],
+        stream: HttpStream,
+        answer: Response,
+        kind: str,
+    ) -> Response:
+        chain, exchange = chain_exchange
+        payload = _answer_payload(answer)
+        stream.response_headers[:] = [
+            (b":status", str(int(answer.status)).encode()),
+            (b"content-type", kind.encode()),
+        ]
+        stream.response_body[:] = encode(payload, JSON)
+        await self._on_filter_thread(chain.response, exchange)
+        await self._wait_resumed(chain, exchange)
+        # Filters may have rewritten the answer (redaction): take the text back from the body.
+        try:
+            rewritten = json.loads(bytes(stream.response_body))
+            text = (
+                rewritten.get("text", answer.text) if isinstance(rewritten, dict) else answer.text
+            )
+        except (ValueError, UnicodeDecodeError):
+            text = bytes(stream.response_body).decode("utf-8", "replace")
+        headers = tuple(
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in stream.response_headers
+            if not k.startswith(b":")
+        )
+        return Response(
+            id=answer.id,
+            status=answer.status,
+            text=str(text),
+            route=answer.route,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            timing=answer.timing,
+            headers=headers,
+        )
+
+    async def _route(
+        self, request: Request, body: InferenceRequest, route: str, sink: ChunkSink | None
+    ) -> Response:
+        if route == "echo":
+            text = body.prompt if body.prompt is not None else body.conversation()[-1]["content"]
+            if body.stream and sink is not None:
+                await sink(Chunk(seq=0, type="delta", text=text))
+            return Response(id=request.id, text=text, route="echo")
+        if self._model is None:
+            raise BusyError("no model is loaded", retry_after=5.0)
+        # The orchestrator answers "orchestrate" once it exists; until then it is one generation.
+        return await self._generate(request, body, route, sink)
+
+    async def _generate(
+        self, request: Request, body: InferenceRequest, route: str, sink: ChunkSink | None
+    ) -> Response:
+        assert self._model is not None
+        model = self._model
+        overrides: dict[str, Any] = {
+            "max_new_tokens": body.max_tokens or self.settings.max_new_tokens,
+        }
+        for name in ("temperature", "top_p", "top_k"):
+            value = getattr(body, name)
+            if value is not None:
+                overrides[name] = value
+        if body.temperature is not None and body.temperature > 0:
+            overrides["do_sample"] = True
+        params = model.default_params(**overrides)
+        generation = model.chat(body.conversation(), params)
+        seq = 0
+        pending = ""
+        last_sent = self._clock()
+        async for delta in stream_generation(generation, model.executor):
+            if not (body.stream and sink is not None):
+                continue
+            pending += delta
+            now = self._clock()
+            if (
+                len(pending) >= self.settings.coalesce_chars
+                or now - last_sent >= self.settings.coalesce_seconds
+            ):
+                await sink(Chunk(seq=seq, type="delta", text=pending))
+                seq, pending, last_sent = seq + 1, "", now
+        if pending and sink is not None:
+            await sink(Chunk(seq=seq, type="delta", text=pending))
+        result = generation.result
+        return Response(
+            id=request.id,
+            text=result.text,
+            route=route,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            timing=result.timing,
+        )
+
+
+def _header(stream: HttpStream, name: str) -> str | None:
+    value = get_header(stream.request_headers, name.encode())
+    return value.decode("latin-1") if value is not None else None
+
+
+def _local(request: Request, local: LocalResponse) -> Response:
+    try:
+        status = Status(local.status)
+    except ValueError:
+        status = Status.BAD_REQUEST if local.status < 500 else Status.INTERNAL_ERROR
+    text = local.body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            text = str(parsed["error"].get("message", text))
+    except ValueError:
+        pass
+    headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in local.headers)
+    return Response(
+        id=request.id,
+        status=status,
+        text=text,
+        route=f"filter:{local.filter}",
+        finish_reason="error" if local.status >= 400 else "stop",
+        headers=headers,
+    )
+
+
+def _error(
+    request: Request, status: Status, message: str, exc: EdgeRuntimeError | None
+) -> Response:
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, BusyError):
+        headers = (("retry-after", str(max(1, round(exc.retry_after)))),)
+    return Response(
+        id=request.id, status=status, text=message, finish_reason="error", headers=headers
+    )
+
+
+def _answer_payload(answer: Response) -> dict[str, Any]:
+    """The answer body of the design: id, text, route, finish_reason, usage, timing."""
+    payload: dict[str, Any] = {
+        "id": answer.id,
+        "text": answer.text,
+        "route": answer.route,
+        "finish_reason": answer.finish_reason,
+    }
+    if answer.usage is not None:
+        payload["usage"] = _usage(answer.usage)
+    if answer.timing is not None:
+        payload["timing"] = _timing(answer.timing, answer.usage)
+    return payload
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _timing(timing: Timing, usage: Usage | None) -> dict[str, float]:
+    tokens = usage.completion_tokens if usage is not None else 0
+    return {
+        "time_to_first_token_ms": round(timing.time_to_first_token_s * 1000, 2),
+        "decode_tokens_per_s": round(timing.decode_tokens_per_s(tokens), 1),
+    }
+
+
+def answer_payload(response: Response) -> dict[str, Any]:
+    """What a transport sends for a Response: the answer body, or the error body."""
+    if response.status >= 400:
+        return {"error": {"status": int(response.status), "message": response.text}}
+    return _answer_payload(response)

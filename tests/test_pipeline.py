@@ -1,0 +1,161 @@
+"""The request path with the real tiny model and the shipped filters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.config import FilterHostSettings, FilterSettings
+from edge_runtime.filters.service import FilterService
+from edge_runtime.messages import Chunk, Request, Response, Status
+from edge_runtime.model.runtime import Model
+from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+
+FILTERS = Path(__file__).resolve().parent.parent / "filters"
+AUTH = {"header": "x-api-key", "keys": {"sensor-1": "s3cret"}}
+ROUTER = {"default": "direct", "rules": [{"path_prefix": "edge/req/diag", "route": "echo"}]}
+
+
+def request(
+    body: object = None,
+    *,
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+    path: str = "edge/req/sensor-1",
+    headers: tuple[tuple[str, str], ...] = (("x-api-key", "s3cret"),),
+    deadline: float | None = None,
+) -> Request:
+    payload = raw if raw is not None else json.dumps(body).encode()
+    return Request(
+        id="r1",
+        transport="mqtt",
+        method="PUBLISH",
+        path=path,
+        headers=((":path", path), ("content-type", content_type), *headers),
+        body=payload,
+        device_id="sensor-1",
+        deadline=deadline,
+    )
+
+
+@pytest.fixture
+def filters(tmp_path: Path) -> Iterator[FilterService]:
+    service = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
+    service.load(
+        [
+            FilterSettings(
+                name="device-auth", module=FILTERS / "device-auth.wasm", config=json.dumps(AUTH)
+            ),
+            FilterSettings(name="redact", module=FILTERS / "redact.wasm", config="{}"),
+            FilterSettings(
+                name="router", module=FILTERS / "router.wasm", config=json.dumps(ROUTER)
+            ),
+        ]
+    )
+    yield service
+    service.close()
+
+
+def run(pipeline: Pipeline, req: Request, chunks: list[Chunk] | None = None) -> Response:
+    async def sink(chunk: Chunk) -> None:
+        assert chunks is not None
+        chunks.append(chunk)
+
+    return asyncio.run(pipeline.handle(req, sink if chunks is not None else None))
+
+
+def test_echo_route_without_filters(tiny_model: Model) -> None:
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+    response = run(pipeline, request({"prompt": "hello", "route": "echo"}))
+    assert (response.status, response.text, response.route) == (Status.OK, "hello", "echo")
+    pipeline.close()
+
+
+def test_direct_route_streams_ordered_chunks(tiny_model: Model) -> None:
+    pipeline = Pipeline(PipelineSettings(coalesce_chars=4), model=tiny_model)
+    chunks: list[Chunk] = []
+    body = {
+        "prompt": "What is the temperature in the kitchen?",
+        "stream": True,
+        "max_tokens": 24,
+        "temperature": 0.8,
+    }
+    response = run(pipeline, request(body), chunks)
+    assert response.status == Status.OK
+    assert response.usage is not None and response.usage.completion_tokens >= 1
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.text for c in chunks) == response.text
+    payload = answer_payload(response)
+    assert set(payload) >= {"id", "text", "route", "finish_reason", "usage", "timing"}
+    pipeline.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status"),
+    [
+        (b'{"prompt": ', "application/json", Status.BAD_REQUEST),
+        (b"\xff\xfe", "application/json", Status.BAD_REQUEST),
+        (b"x" * 70_000, "text/plain", Status.PAYLOAD_TOO_LARGE),
+        (b"<a/>", "application/xml", Status.UNSUPPORTED_MEDIA_TYPE),
+    ],
+)
+def test_bad_bodies_get_their_status(
+    tiny_model: Model, raw: bytes, content_type: str, status: Status
+) -> None:
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+    response = run(pipeline, request(raw=raw, content_type=content_type))
+    assert response.status == status
+    assert answer_payload(response)["error"]["status"] == int(status)
+    # The pipeline keeps serving.
+    assert run(pipeline, request({"prompt": "ok", "route": "echo"})).text == "ok"
+    pipeline.close()
+
+
+def test_filters_answer_rewrite_and_route(tiny_model: Model, filters: FilterService) -> None:
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model, filters=filters)
+    denied = run(pipeline, request({"prompt": "hi", "route": "echo"}, headers=()))
+    assert denied.status == Status.UNAUTHORIZED
+    assert denied.route == "filter:device-auth"
+    routed = run(
+        pipeline,
+        request({"prompt": "mail jane@example.com please"}, path="edge/req/diag/ping"),
+    )
+    assert routed.status == Status.OK
+    assert routed.route == "echo"
+    assert routed.text == "mail [email] please"
+    pipeline.close()
+
+
+def test_an_expired_request_gets_504(tiny_model: Model) -> None:
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+    response = run(pipeline, request({"prompt": "x"}, deadline=time.monotonic() - 1))
+    assert response.status == Status.GATEWAY_TIMEOUT
+    pipeline.close()
+
+
+def test_unknown_route_is_400(tiny_model: Model) -> None:
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+    response = run(pipeline, request({"prompt": "x"}, headers=(("x-route", "cloud"),)))
+    assert response.status == Status.BAD_REQUEST
+    assert "unknown route" in response.text
+    pipeline.close()
+
+
+def test_overflow_is_answered_busy_at_once(tiny_model: Model) -> None:
+    pipeline = Pipeline(PipelineSettings(max_concurrent=1, max_queue=0), model=tiny_model)
+
+    async def both() -> list[Status]:
+        body = {"prompt": "tell me a long story", "max_tokens": 64}
+        first = asyncio.create_task(pipeline.handle(request(body)))
+        await asyncio.sleep(0)
+        second = await pipeline.handle(request(body))
+        assert second.headers == (("retry-after", "1"),)
+        return [(await first).status, second.status]
+
+    assert asyncio.run(both()) == [Status.OK, Status.SERVICE_UNAVAILABLE]
+    pipeline.close()
