@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 CONFIG ?= edge-runtime.toml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test check lint typecheck bench install clean
+.PHONY: run test check lint typecheck bench install clean system-deps
+
+# Real peers the tests talk to, as tool:Debian-package pairs.
+DEB_TOOLS := mosquitto:mosquitto mosquitto_rr:mosquitto-clients mosquitto_sub:mosquitto-clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +30,23 @@ run: $(STAMP)
 	$(BIN)/edge-runtime doctor --config $(CONFIG)
 	$(BIN)/edge-runtime generate --config $(CONFIG) --stats --max-tokens 48 "What is the temperature in the kitchen?"
 
-test: $(STAMP)
-	$(BIN)/pytest
+system-deps:
+	@need=""; \
+	for pair in $(DEB_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || need="$$need $$pkg"; \
+	done; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$need"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$need (install them, or run make test as root)"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
+	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check edge_runtime tests

@@ -17,6 +17,7 @@ ALLOWED = {
     "filters": LEAVES | {"filters"},
     "codec": LEAVES,
     "pipeline": LEAVES | {"codec", "filters", "model"},
+    "transports": LEAVES | {"codec", "transports"},
     "doctor": LEAVES | {"device", "model"},
     "bench": LEAVES | {"device", "model", "bench", "filters"},
 }

@@ -1,0 +1,249 @@
+"""MQTT transport: MQTT 5 request/response and the 3.1.1 topic convention, streamed answers.
+
+paho-mqtt runs its network loop on its own thread; every callback hops to the event loop with
+call_soon_threadsafe, and nothing past this module sees a paho type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime.codec import CBOR, JSON, encode, media_type
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.messages import Chunk, ChunkType, Request, Response
+
+log = logging.getLogger("edge_runtime.mqtt")
+
+Handler = Callable[[Request, Callable[[Chunk], Awaitable[None]] | None], Awaitable[Response]]
+PayloadOf = Callable[[Response], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where the broker is and how this node takes part."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "edge"
+    node_id: str = field(default_factory=lambda: f"edge-runtime-{uuid.uuid4().hex[:8]}")
+    # Several daemons in one shared-subscription group split the requests between them.
+    share_group: str | None = "edge-runtime"
+    session_expiry_s: int = 3600
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+    # Answers already given, by correlation id: a redelivered request gets the same answer.
+    answered_cache: int = 1024
+    connect_timeout_s: float = 10.0
+
+
+class MqttTransport:
+    """Subscribes to the request topics and answers each request exactly once."""
+
+    def __init__(self, settings: MqttSettings, handler: Handler, payload_of: PayloadOf):
+        self.settings = settings
+        self._handler = handler
+        self._payload_of = payload_of
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._answered: OrderedDict[str, list[tuple[str, bytes, Properties | None]]] = OrderedDict()
+        self._in_progress: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.node_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if settings.username is not None:
+            self.client.username_pw_set(settings.username, settings.password)
+        self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    @property
+    def status_topic(self) -> str:
+        """Retained online/offline status of this node."""
+        return f"{self.settings.prefix}/status/{self.settings.node_id}"
+
+    @property
+    def request_filter(self) -> str:
+        """The subscription: shared when a group is configured."""
+        topic = f"{self.settings.prefix}/req/+"
+        group = self.settings.share_group
+        return f"$share/{group}/{topic}" if group else topic
+
+    async def __aenter__(self) -> MqttTransport:
+        self._loop = asyncio.get_running_loop()
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        # connect() resolves and opens the socket: keep it off the event loop.
+        await self._loop.run_in_executor(
+            None,
+            lambda: self.client.connect(
+                self.settings.host,
+                self.settings.port,
+                keepalive=self.settings.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            ),
+        )
+        self.client.loop_start()
+        async with asyncio.timeout(self.settings.connect_timeout_s):
+            await self._connected.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._tasks):
+            await asyncio.wait([task], timeout=5)
+        info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
+        await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # paho's thread ---------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        # Subscribe on every connect: a durable session may have lost $share subscriptions.
+        client.subscribe(self.request_filter, qos=1)
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.set)
+        log.info(
+            "connected to %s:%d as %s",
+            self.settings.host,
+            self.settings.port,
+            self.settings.node_id,
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.clear)
+        log.warning("disconnected from the broker: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._spawn, message)
+
+    # Event loop ------------------------------------------------------------
+
+    def _spawn(self, message: mqtt.MQTTMessage) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            await self._answer(message)
+        except Exception:
+            log.exception("request on %s failed", message.topic)
+        finally:
+            # Acknowledged only once answered (or refused): a crash before this redelivers it.
+            self.client.ack(message.mid, message.qos)
+
+    async def _answer(self, message: mqtt.MQTTMessage) -> None:
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
+        device = message.topic.rsplit("/", 1)[-1]
+        user = list(getattr(props, "UserProperty", []) or []) if props else []
+        content_type = getattr(props, "ContentType", None) if props else None
+        headers = {k.lower(): v for k, v in user}
+        if content_type:
+            headers["content-type"] = content_type
+        try:
+            kind = media_type(headers.get("content-type"))
+        except EdgeRuntimeError:
+            kind = JSON
+        if response_topic is None:
+            # MQTT 3.1.1 convention: answers go to <prefix>/res/<device>, the id in the body.
+            response_topic = f"{self.settings.prefix}/res/{device}"
+            correlation = _body_id(bytes(message.payload))
+        key = f"{response_topic}\0{(correlation or b'').hex()}"
+        if correlation and key in self._answered:
+            for topic, body, publish_props in self._answered[key]:
+                self.client.publish(topic, body, qos=1, properties=publish_props)
+            return
+        if correlation and key in self._in_progress:
+            return
+        self._in_progress.add(key)
+        sent: list[tuple[str, bytes, Properties | None]] = []
+
+        def publish(payload: dict[str, Any], chunk: Chunk | None) -> None:
+            publish_props = Properties(PacketTypes.PUBLISH)
+            if correlation:
+                publish_props.CorrelationData = correlation
+            publish_props.ContentType = CBOR if kind == CBOR else JSON
+            if chunk is not None:
+                publish_props.UserProperty = ("seq", str(chunk.seq))
+                publish_props.UserProperty = ("type", chunk.type)
+            body = encode(payload, kind)
+            self.client.publish(response_topic, body, qos=1, properties=publish_props)
+            sent.append((response_topic, body, publish_props))
+
+        seq = 0
+
+        async def sink(chunk: Chunk) -> None:
+            nonlocal seq
+            seq = chunk.seq + 1
+            publish({"seq": chunk.seq, "type": chunk.type, "text": chunk.text}, chunk)
+
+        request = Request(
+            id=(correlation or b"").hex() or uuid.uuid4().hex,
+            transport="mqtt",
+            method="PUBLISH",
+            path=message.topic,
+            headers=(
+                (":method", "PUBLISH"),
+                (":path", message.topic),
+                (":authority", device),
+                (":scheme", "mqtt"),
+                *headers.items(),
+            ),
+            body=bytes(message.payload),
+            device_id=device,
+        )
+        try:
+            response = await self._handler(request, sink)
+            answer = self._payload_of(response)
+            if seq > 0:
+                # A stream ends with exactly one terminal chunk carrying the whole answer.
+                terminal: ChunkType = "error" if response.status >= 400 else "final"
+                publish({"seq": seq, "type": terminal, **answer}, Chunk(seq=seq, type=terminal))
+            else:
+                publish(answer, None)
+        finally:
+            self._in_progress.discard(key)
+        if correlation:
+            self._answered[key] = sent
+            while len(self._answered) > self.settings.answered_cache:
+                self._answered.popitem(last=False)
+
+
+def _body_id(payload: bytes) -> bytes | None:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return str(value).encode() if value is not None else None

@@ -1,0 +1,302 @@
+"""The MQTT transport against a real mosquitto broker and the mosquitto command-line clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.messages import Request, Response
+from edge_runtime.model.runtime import Model
+from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+from edge_runtime.transports.mqtt import MqttSettings, MqttTransport
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+        f"log_dest file {tmp_path / 'mosquitto.log'}\n"
+    )
+    process = subprocess.Popen(["mosquitto", "-c", str(config)])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+    yield port
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@asynccontextmanager
+async def serving(
+    port: int, model: Model, calls: list[Request] | None = None
+) -> AsyncIterator[MqttTransport]:
+    pipeline = Pipeline(PipelineSettings(coalesce_chars=4), model=model)
+
+    async def handler(request: Request, sink) -> Response:  # type: ignore[no-untyped-def]
+        if calls is not None:
+            calls.append(request)
+        return await pipeline.handle(request, sink)
+
+    settings = MqttSettings(port=port, node_id="node-a", share_group=None)
+    try:
+        async with MqttTransport(settings, handler, answer_payload) as transport:
+            yield transport
+    finally:
+        pipeline.close()
+
+
+async def run(*argv: str, timeout: float = 20) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+def test_mqtt5_request_response_with_correlation(broker: int, tiny_model: Model) -> None:
+    async def main() -> str:
+        async with serving(broker, tiny_model):
+            return await run(
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/sensor-1",
+                "-e",
+                "replies/a",
+                "-m",
+                json.dumps({"prompt": "hello", "route": "echo"}),
+                "-D",
+                "publish",
+                "correlation-data",
+                "c-1",
+                "-W",
+                "15",
+            )
+
+    answer = json.loads(asyncio.run(main()))
+    assert answer["text"] == "hello"
+    assert answer["route"] == "echo"
+
+
+def test_mqtt311_topic_convention(broker: int, tiny_model: Model) -> None:
+    async def main() -> str:
+        async with serving(broker, tiny_model):
+            sub = asyncio.create_task(
+                run(
+                    "mosquitto_sub",
+                    "-V",
+                    "311",
+                    "-p",
+                    str(broker),
+                    "-t",
+                    "edge/res/sensor-9",
+                    "-C",
+                    "1",
+                    "-W",
+                    "15",
+                )
+            )
+            await asyncio.sleep(0.5)
+            await run(
+                "mosquitto_pub",
+                "-V",
+                "311",
+                "-p",
+                str(broker),
+                "-q",
+                "1",
+                "-t",
+                "edge/req/sensor-9",
+                "-m",
+                json.dumps({"id": "x1", "prompt": "hi", "route": "echo"}),
+            )
+            return await sub
+
+    answer = json.loads(asyncio.run(main()))
+    assert answer["text"] == "hi"
+
+
+def test_streamed_answer_has_ordered_chunks_and_one_terminal(
+    broker: int, tiny_model: Model
+) -> None:
+    async def main() -> list[dict[str, object]]:
+        async with serving(broker, tiny_model):
+            sub = await asyncio.create_subprocess_exec(
+                "mosquitto_sub",
+                "-p",
+                str(broker),
+                "-t",
+                "replies/s",
+                "-W",
+                "20",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            await asyncio.sleep(0.5)
+            body = {
+                "prompt": "What is the temperature in the kitchen?",
+                "stream": True,
+                "max_tokens": 24,
+                "temperature": 0.8,
+            }
+            await run(
+                "mosquitto_pub",
+                "-V",
+                "5",
+                "-p",
+                str(broker),
+                "-q",
+                "1",
+                "-t",
+                "edge/req/sensor-1",
+                "-m",
+                json.dumps(body),
+                "-D",
+                "publish",
+                "response-topic",
+                "replies/s",
+                "-D",
+                "publish",
+                "correlation-data",
+                "s-1",
+            )
+            chunks: list[dict[str, object]] = []
+            assert sub.stdout is not None
+            while not chunks or chunks[-1]["type"] not in ("final", "error"):
+                line = await asyncio.wait_for(sub.stdout.readline(), 20)
+                chunks.append(json.loads(line))
+            sub.terminate()
+            await sub.wait()
+            return chunks
+
+    chunks = asyncio.run(main())
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert [c["type"] for c in chunks].count("final") == 1
+    assert chunks[-1]["type"] == "final"
+    text = "".join(str(c["text"]) for c in chunks[:-1])
+    assert text == chunks[-1]["text"]
+
+
+def test_a_redelivered_request_gets_the_same_answer_without_a_second_run(
+    broker: int, tiny_model: Model
+) -> None:
+    calls: list[Request] = []
+
+    async def main() -> list[str]:
+        async with serving(broker, tiny_model, calls):
+            answers = []
+            for _ in range(2):
+                answers.append(
+                    await run(
+                        "mosquitto_rr",
+                        "-p",
+                        str(broker),
+                        "-t",
+                        "edge/req/sensor-1",
+                        "-e",
+                        "replies/d",
+                        "-m",
+                        json.dumps({"prompt": "tell me", "max_tokens": 8, "temperature": 1.0}),
+                        "-D",
+                        "publish",
+                        "correlation-data",
+                        "same-id",
+                        "-W",
+                        "15",
+                    )
+                )
+            return answers
+
+    first, second = asyncio.run(main())
+    assert first == second
+    assert len(calls) == 1
+
+
+def test_bad_requests_get_error_answers_and_the_node_keeps_serving(
+    broker: int, tiny_model: Model
+) -> None:
+    async def main() -> list[str]:
+        async with serving(broker, tiny_model):
+            bad = await run(
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/sensor-1",
+                "-e",
+                "replies/b",
+                "-m",
+                '{"prompt": ',
+                "-D",
+                "publish",
+                "correlation-data",
+                "b-1",
+                "-W",
+                "15",
+            )
+            good = await run(
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/sensor-1",
+                "-e",
+                "replies/b",
+                "-m",
+                json.dumps({"prompt": "ok", "route": "echo"}),
+                "-D",
+                "publish",
+                "correlation-data",
+                "b-2",
+                "-W",
+                "15",
+            )
+            return [bad, good]
+
+    bad, good = asyncio.run(main())
+    assert json.loads(bad)["error"]["status"] == 400
+    assert json.loads(good)["text"] == "ok"
+
+
+def test_status_topic_is_retained_online_then_offline(broker: int, tiny_model: Model) -> None:
+    async def main() -> tuple[str, str]:
+        async with serving(broker, tiny_model):
+            online = await run(
+                "mosquitto_sub",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/status/node-a",
+                "-C",
+                "1",
+                "-W",
+                "10",
+            )
+        offline = await run(
+            "mosquitto_sub", "-p", str(broker), "-t", "edge/status/node-a", "-C", "1", "-W", "10"
+        )
+        return online.strip(), offline.strip()
+
+    assert asyncio.run(main()) == ("online", "offline")
