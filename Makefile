@@ -28,7 +28,16 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/edge-runtime doctor --config $(CONFIG)
-	$(BIN)/edge-runtime generate --config $(CONFIG) --stats --max-tokens 48 "What is the temperature in the kitchen?"
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then \
+	  if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then \
+	    echo "no MQTT broker on 127.0.0.1:1883: starting a local mosquitto for this run"; \
+	    PATH="$$PATH:/usr/sbin" mosquitto -p 1883 -d && sleep 0.5; \
+	  else \
+	    echo "no MQTT broker on 127.0.0.1:1883 and mosquitto is not installed (apt-get install mosquitto)"; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/edge-runtime serve --config $(CONFIG)
 
 system-deps:
 	@need=""; \

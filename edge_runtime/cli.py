@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    _config_arg(serve)
+
+    ask = commands.add_parser("ask", help="send one request to a running daemon")
+    ask.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    ask.add_argument("--prefix", default="edge", help="topic prefix")
+    ask.add_argument("--device", default="ask", help="device id to send as")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
+    ask.add_argument("--session", help="conversation id")
+    ask.add_argument("--timeout", type=float, default=60.0)
+    ask.add_argument("text", metavar="TEXT")
+
     gen = commands.add_parser("generate", help="one local generation, streamed to stdout")
     _config_arg(gen)
     gen.add_argument("--model", type=Path, help="model directory (default: model.path)")
@@ -135,6 +147,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from edge_runtime import daemon
+        from edge_runtime.device import resolve_settings
+
+        resolved = resolve_settings(args.config or default_config())
+        return asyncio.run(daemon.serve(resolved.settings, threads=resolved.threads))
+    if args.command == "ask":
+        from edge_runtime.ask import ask_mqtt
+
+        return ask_mqtt(
+            args.mqtt,
+            args.text,
+            out=sys.stdout,
+            err=sys.stderr,
+            stream=args.stream,
+            session=args.session,
+            device=args.device,
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+        )
     if args.command == "generate":
         return _generate(args)
     if args.command == "model":

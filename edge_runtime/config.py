@@ -123,6 +123,35 @@ class FilterHostSettings(_Section):
     fast_path: bool = True
 
 
+class MqttSettings(_Section):
+    """The MQTT broker and how this node takes part."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    # Topics: <prefix>/req/<device>, <prefix>/res/<device>, <prefix>/status/<node>.
+    prefix: str = Field("edge", pattern=r"^[^#+$/][^#+]*$")
+    # Empty: the host name. Must be unique per daemon on one broker.
+    node_id: str = ""
+    # Daemons in one shared-subscription group split the requests; empty: no sharing.
+    share_group: str = "edge-runtime"
+    session_expiry_s: int = Field(3600, ge=0)
+    keepalive_s: int = Field(30, ge=5)
+    username: str | None = None
+    password: str | None = None
+    answered_cache: int = Field(1024, ge=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+
+class RouteSettings(_Section):
+    """Which route answers a request no filter and no body routed."""
+
+    default: Literal["direct", "orchestrate", "echo"] = "direct"
+    # Streamed deltas are coalesced up to this many characters or this much time.
+    coalesce_chars: int = Field(48, ge=1)
+    coalesce_ms: float = Field(80.0, ge=0)
+
+
 class Settings(_Section):
     """The whole configuration of one daemon."""
 
@@ -136,6 +165,8 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     filter_host: FilterHostSettings = FilterHostSettings()
     filters: tuple[FilterSettings, ...] = ()
+    mqtt: MqttSettings = MqttSettings()
+    routes: RouteSettings = RouteSettings()
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -72,6 +72,11 @@ class Pipeline:
         """Stop the filter thread."""
         self._filter_thread.shutdown(wait=True)
 
+    async def poll_filters(self) -> None:
+        """Deliver filter timers, queue notices and HTTP answers, on the filter thread."""
+        if self._filters is not None:
+            await self._on_filter_thread(self._filters.poll)
+
     async def handle(self, request: Request, sink: ChunkSink | None = None) -> Response:
         """Answer ``request``; streamed deltas go to ``sink``; errors become error Responses."""
         started = self._clock()

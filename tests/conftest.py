@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,3 +25,31 @@ def tiny_dir() -> Path:
 def tiny_model() -> Iterator[Model]:
     with load_model(TINY, threads=1) as model:
         yield model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+        f"log_dest file {tmp_path / 'mosquitto.log'}\n"
+    )
+    process = subprocess.Popen(["mosquitto", "-c", str(config)])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+    yield port
+    process.terminate()
+    process.wait(timeout=10)

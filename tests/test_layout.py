@@ -18,6 +18,7 @@ ALLOWED = {
     "codec": LEAVES,
     "pipeline": LEAVES | {"codec", "filters", "model"},
     "transports": LEAVES | {"codec", "transports"},
+    "ask": LEAVES,
     "doctor": LEAVES | {"device", "model"},
     "bench": LEAVES | {"device", "model", "bench", "filters"},
 }

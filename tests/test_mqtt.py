@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import pytest
-
+from edge_runtime.config import MqttSettings
 from edge_runtime.messages import Request, Response
 from edge_runtime.model.runtime import Model
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
-from edge_runtime.transports.mqtt import MqttSettings, MqttTransport
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-        f"log_dest file {tmp_path / 'mosquitto.log'}\n"
-    )
-    process = subprocess.Popen(["mosquitto", "-c", str(config)])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "mosquitto did not start"
-            time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+from edge_runtime.transports.mqtt import MqttTransport
 
 
 @asynccontextmanager
@@ -58,7 +25,7 @@ async def serving(
             calls.append(request)
         return await pipeline.handle(request, sink)
 
-    settings = MqttSettings(port=port, node_id="node-a", share_group=None)
+    settings = MqttSettings(port=port, node_id="node-a", share_group="")
     try:
         async with MqttTransport(settings, handler, answer_payload) as transport:
             yield transport

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.codec import CBOR, JSON, encode, media_type
+from edge_runtime.config import MqttSettings
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.messages import Chunk, ChunkType, Request, Response
 
@@ -30,29 +31,12 @@ Handler = Callable[[Request, Callable[[Chunk], Awaitable[None]] | None], Awaitab
 PayloadOf = Callable[[Response], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class MqttSettings:
-    """Where the broker is and how this node takes part."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "edge"
-    node_id: str = field(default_factory=lambda: f"edge-runtime-{uuid.uuid4().hex[:8]}")
-    # Several daemons in one shared-subscription group split the requests between them.
-    share_group: str | None = "edge-runtime"
-    session_expiry_s: int = 3600
-    keepalive_s: int = 30
-    username: str | None = None
-    password: str | None = None
-    # Answers already given, by correlation id: a redelivered request gets the same answer.
-    answered_cache: int = 1024
-    connect_timeout_s: float = 10.0
-
-
 class MqttTransport:
     """Subscribes to the request topics and answers each request exactly once."""
 
     def __init__(self, settings: MqttSettings, handler: Handler, payload_of: PayloadOf):
+        if not settings.node_id:
+            settings = settings.model_copy(update={"node_id": socket.gethostname()})
         self.settings = settings
         self._handler = handler
         self._payload_of = payload_of

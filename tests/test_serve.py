@@ -1,0 +1,121 @@
+"""`edge-runtime serve` as systemd runs it, with `ask` and the mosquitto clients as devices."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = Path(sys.executable).parent / "edge-runtime"
+
+
+def config_for(tmp_path: Path, port: int) -> Path:
+    text = (ROOT / "edge-runtime.toml").read_text()
+    text = text.replace("port = 1883", f"port = {port}")
+    text = text.replace('path = "models/glm-tiny"', f'path = "{ROOT / "models" / "glm-tiny"}"')
+    text = text.replace('module = "filters/', f'module = "{ROOT / "filters"}/')
+    text += f'\n[filter_host]\ncache_dir = "{tmp_path / "cache"}"\n'
+    path = tmp_path / "edge-runtime.toml"
+    path.write_text(text.replace("[mqtt]", '[mqtt]\nnode_id = "box-1"'))
+    return path
+
+
+def wait_online(port: int) -> None:
+    done = subprocess.run(
+        ["mosquitto_sub", "-p", str(port), "-t", "edge/status/box-1", "-C", "1", "-W", "60"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.strip() == "online", done.stderr
+
+
+def test_serve_answers_and_stops_cleanly(tmp_path: Path, broker: int) -> None:
+    config = config_for(tmp_path, broker)
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen([str(EXE), "serve", "--config", str(config)], stderr=log)
+    try:
+        wait_online(broker)
+        asked = subprocess.run(
+            [
+                str(EXE),
+                "ask",
+                "--mqtt",
+                f"mqtt://127.0.0.1:{broker}",
+                "--stream",
+                "--timeout",
+                "30",
+                "Turn on the kitchen light",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert asked.stdout.strip()
+        echoed = subprocess.run(
+            [
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/diag",
+                "-e",
+                "r/x",
+                "-m",
+                json.dumps({"prompt": "mail jane@example.com"}),
+                "-D",
+                "publish",
+                "correlation-data",
+                "c1",
+                "-W",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        answer = json.loads(echoed.stdout)
+        # router sent diag requests to echo; redact rewrote the address on the way in.
+        assert (answer["route"], answer["text"]) == ("echo", "mail [email]")
+        oversize = subprocess.run(
+            [
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/sensor-1",
+                "-e",
+                "r/y",
+                "-m",
+                json.dumps({"prompt": "x" * 20000}),
+                "-D",
+                "publish",
+                "correlation-data",
+                "c2",
+                "-W",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert json.loads(oversize.stdout)["error"]["status"] == 413
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    status = subprocess.run(
+        ["mosquitto_sub", "-p", str(broker), "-t", "edge/status/box-1", "-C", "1", "-W", "10"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.stdout.strip() == "offline"
