@@ -10,7 +10,8 @@ TORCH_VERSION ?= 2.13.0
 .PHONY: run test check lint typecheck bench install clean system-deps
 
 # Real peers the tests talk to, as tool:Debian-package pairs.
-DEB_TOOLS := mosquitto:mosquitto mosquitto_rr:mosquitto-clients mosquitto_sub:mosquitto-clients
+DEB_TOOLS := mosquitto:mosquitto mosquitto_rr:mosquitto-clients mosquitto_sub:mosquitto-clients \
+	coap-client-notls:libcoap3-bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

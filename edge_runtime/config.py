@@ -143,6 +143,15 @@ class MqttSettings(_Section):
     connect_timeout_s: float = Field(10.0, gt=0)
 
 
+class CoapSettings(_Section):
+    """The CoAP server (UDP)."""
+
+    enabled: bool = True
+    # "::" listens on every address, IPv4 included (v4-mapped).
+    host: str = "::"
+    port: int = Field(5683, ge=1, le=65535)
+
+
 class RouteSettings(_Section):
     """Which route answers a request no filter and no body routed."""
 
@@ -166,6 +175,7 @@ class Settings(_Section):
     filter_host: FilterHostSettings = FilterHostSettings()
     filters: tuple[FilterSettings, ...] = ()
     mqtt: MqttSettings = MqttSettings()
+    coap: CoapSettings = CoapSettings()
     routes: RouteSettings = RouteSettings()
 
 

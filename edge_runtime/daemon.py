@@ -12,6 +12,7 @@ from edge_runtime.config import Settings
 from edge_runtime.filters.service import FilterService
 from edge_runtime.model.runtime import load_model
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+from edge_runtime.transports.coap import CoapTransport
 from edge_runtime.transports.mqtt import MqttTransport
 
 log = logging.getLogger("edge_runtime.daemon")
@@ -61,6 +62,16 @@ async def serve(settings: Settings, *, threads: int) -> int:
         if settings.mqtt.enabled:
             await stack.enter_async_context(
                 MqttTransport(settings.mqtt, pipeline.handle, answer_payload)
+            )
+        if settings.coap.enabled:
+            await stack.enter_async_context(
+                CoapTransport(
+                    pipeline.handle,
+                    answer_payload,
+                    host=settings.coap.host,
+                    port=settings.coap.port,
+                    max_payload_bytes=settings.limits.max_payload_bytes,
+                )
             )
         log.info(
             "serving: model %s, %d filter(s), mqtt %s",

@@ -8,16 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_coap import free_udp_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "edge-runtime"
 
 
-def config_for(tmp_path: Path, port: int) -> Path:
+def config_for(tmp_path: Path, port: int, coap_port: int) -> Path:
     text = (ROOT / "edge-runtime.toml").read_text()
     text = text.replace("port = 1883", f"port = {port}")
     text = text.replace('path = "models/glm-tiny"', f'path = "{ROOT / "models" / "glm-tiny"}"')
     text = text.replace('module = "filters/', f'module = "{ROOT / "filters"}/')
     text += f'\n[filter_host]\ncache_dir = "{tmp_path / "cache"}"\n'
+    text += f'\n[coap]\nhost = "::1"\nport = {coap_port}\n'
     path = tmp_path / "edge-runtime.toml"
     path.write_text(text.replace("[mqtt]", '[mqtt]\nnode_id = "box-1"'))
     return path
@@ -34,7 +37,8 @@ def wait_online(port: int) -> None:
 
 
 def test_serve_answers_and_stops_cleanly(tmp_path: Path, broker: int) -> None:
-    config = config_for(tmp_path, broker)
+    coap_port = free_udp_port()
+    config = config_for(tmp_path, broker, coap_port)
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen([str(EXE), "serve", "--config", str(config)], stderr=log)
     try:
@@ -107,6 +111,29 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, broker: int) -> None:
             check=False,
         )
         assert json.loads(oversize.stdout)["error"]["status"] == 413
+        coap = subprocess.run(
+            [
+                "coap-client-notls",
+                "-B",
+                "30",
+                "-m",
+                "post",
+                "-t",
+                "json",
+                "-e",
+                json.dumps({"prompt": "ping", "max_tokens": 4}),
+                f"coap://[::1]:{coap_port}/infer",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert coap.stdout.strip(), coap.stderr
+        coap_answer = json.loads(coap.stdout.strip().splitlines()[-1])
+        # The router's default decides the route; a short answer fits one CoAP message.
+        assert coap_answer["route"] == "direct"
+        assert coap_answer["usage"]["completion_tokens"] <= 4
     finally:
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=30)
