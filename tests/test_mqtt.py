@@ -267,3 +267,77 @@ def test_status_topic_is_retained_online_then_offline(broker: int, tiny_model: M
         return online.strip(), offline.strip()
 
     assert asyncio.run(main()) == ("online", "offline")
+
+
+def test_two_nodes_share_the_requests_and_each_is_answered_once(
+    broker: int, tiny_model: Model
+) -> None:
+    from edge_runtime.config import MqttSettings
+
+    served: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def main() -> list[str]:
+        pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+
+        def handler_for(name: str):  # type: ignore[no-untyped-def]
+            async def handler(request: Request, sink) -> Response:  # type: ignore[no-untyped-def]
+                served[name].append(request.id)
+                await asyncio.sleep(0.05)
+                return await pipeline.handle(request, sink)
+
+            return handler
+
+        settings = {
+            name: MqttSettings(port=broker, node_id=f"node-{name}", share_group="workers")
+            for name in served
+        }
+        try:
+            async with (
+                MqttTransport(settings["a"], handler_for("a"), answer_payload),
+                MqttTransport(settings["b"], handler_for("b"), answer_payload),
+            ):
+                sub = await asyncio.create_subprocess_exec(
+                    "mosquitto_sub",
+                    "-p",
+                    str(broker),
+                    "-t",
+                    "replies/shared",
+                    "-C",
+                    "20",
+                    "-W",
+                    "30",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                await asyncio.sleep(0.5)
+                for index in range(20):
+                    await run(
+                        "mosquitto_pub",
+                        "-V",
+                        "5",
+                        "-p",
+                        str(broker),
+                        "-q",
+                        "1",
+                        "-t",
+                        f"edge/req/dev-{index}",
+                        "-m",
+                        json.dumps({"prompt": f"n{index}", "route": "echo"}),
+                        "-D",
+                        "publish",
+                        "response-topic",
+                        "replies/shared",
+                        "-D",
+                        "publish",
+                        "correlation-data",
+                        f"k{index}",
+                    )
+                out, _ = await asyncio.wait_for(sub.communicate(), 40)
+                return out.decode().splitlines()
+        finally:
+            pipeline.close()
+
+    answers = asyncio.run(main())
+    texts = sorted(json.loads(line)["text"] for line in answers)
+    assert texts == sorted(f"n{i}" for i in range(20))
+    assert len(served["a"]) + len(served["b"]) == 20
+    assert served["a"] and served["b"]
