@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -341,3 +342,37 @@ def test_two_nodes_share_the_requests_and_each_is_answered_once(
     assert texts == sorted(f"n{i}" for i in range(20))
     assert len(served["a"]) + len(served["b"]) == 20
     assert served["a"] and served["b"]
+
+
+def test_message_expiry_becomes_the_deadline(broker: int, tiny_model: Model) -> None:
+    calls: list[Request] = []
+
+    async def main() -> str:
+        async with serving(broker, tiny_model, calls):
+            return await run(
+                "mosquitto_rr",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/req/sensor-1",
+                "-e",
+                "replies/e",
+                "-m",
+                json.dumps({"prompt": "hi", "route": "echo"}),
+                "-D",
+                "publish",
+                "correlation-data",
+                "e-1",
+                "-D",
+                "publish",
+                "message-expiry-interval",
+                "30",
+                "-W",
+                "15",
+            )
+
+    before = time.monotonic()
+    assert json.loads(asyncio.run(main()))["text"] == "hi"
+    (call,) = calls
+    assert call.deadline is not None
+    assert before + 20 < call.deadline < before + 31

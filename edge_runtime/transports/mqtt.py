@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -192,8 +193,12 @@ class MqttTransport:
             seq = chunk.seq + 1
             publish({"seq": chunk.seq, "type": chunk.type, "text": chunk.text}, chunk)
 
+        # Message Expiry is the device's deadline: past it, the answer is useless to it.
+        expiry = getattr(props, "MessageExpiryInterval", None) if props else None
+        deadline = time.monotonic() + float(expiry) if expiry else None
         request = Request(
             id=(correlation or b"").hex() or uuid.uuid4().hex,
+            deadline=deadline,
             transport="mqtt",
             method="PUBLISH",
             path=message.topic,
