@@ -141,6 +141,13 @@ class MqttSettings(_Section):
     password: str | None = None
     answered_cache: int = Field(1024, ge=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    # Publishes waiting for the broker; past this, answers fail rather than pile up in memory.
+    max_queued_messages: int = Field(1000, ge=1)
+    # TLS: the CA that signed the broker's certificate; a client certificate and key for
+    # mutual TLS. Relative paths are relative to the config file.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class CoapSettings(_Section):
@@ -247,7 +254,14 @@ def build_settings(
         raise ConfigError(message, file=origin, key=key) from None
 
 
-_PATH_KEYS = (("model", "path"), ("device", "profiles_dir"), ("filter_host", "cache_dir"))
+_PATH_KEYS = (
+    ("model", "path"),
+    ("device", "profiles_dir"),
+    ("filter_host", "cache_dir"),
+    ("mqtt", "tls_ca"),
+    ("mqtt", "tls_cert"),
+    ("mqtt", "tls_key"),
+)
 _FILTER_PATH_KEYS = ("module", "config_file")
 
 

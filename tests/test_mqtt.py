@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+
+from conftest import free_port
 
 from edge_runtime.config import MqttSettings
 from edge_runtime.messages import Request, Response
@@ -376,3 +381,127 @@ def test_message_expiry_becomes_the_deadline(broker: int, tiny_model: Model) -> 
     (call,) = calls
     assert call.deadline is not None
     assert before + 20 < call.deadline < before + 31
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_mutual_tls(tmp_path: Path, tiny_model: Model) -> None:
+    from edge_runtime.config import MqttSettings
+
+    d = tmp_path
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+    )
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
+        (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            str(d / "ext.cnf"),
+            "-out",
+            str(d / f"{name}.crt"),
+        )
+    port = free_port()
+    (d / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+        f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
+        "require_certificate true\n"
+    )
+    broker = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        settings = MqttSettings(
+            port=port,
+            node_id="tls-node",
+            share_group="",
+            tls_ca=d / "ca.crt",
+            tls_cert=d / "client.crt",
+            tls_key=d / "client.key",
+        )
+        calls: list[Request] = []
+
+        async def main() -> str:
+            pipeline = Pipeline(PipelineSettings(), model=tiny_model)
+
+            async def handler(request: Request, sink) -> Response:  # type: ignore[no-untyped-def]
+                calls.append(request)
+                return await pipeline.handle(request, sink)
+
+            try:
+                async with MqttTransport(settings, handler, answer_payload):
+                    return await run(
+                        "mosquitto_rr",
+                        "-p",
+                        str(port),
+                        "-h",
+                        "127.0.0.1",
+                        "--cafile",
+                        str(d / "ca.crt"),
+                        "--cert",
+                        str(d / "client.crt"),
+                        "--key",
+                        str(d / "client.key"),
+                        "-t",
+                        "edge/req/sensor-1",
+                        "-e",
+                        "replies/t",
+                        "-m",
+                        json.dumps({"prompt": "secure", "route": "echo"}),
+                        "-D",
+                        "publish",
+                        "correlation-data",
+                        "t-1",
+                        "-W",
+                        "15",
+                    )
+            finally:
+                pipeline.close()
+
+        assert json.loads(asyncio.run(main()))["text"] == "secure"
+        assert (":scheme", "mqtts") in calls[0].headers
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)

@@ -54,6 +54,14 @@ class MqttTransport:
         )
         if settings.username is not None:
             self.client.username_pw_set(settings.username, settings.password)
+        self.client.max_queued_messages_set(settings.max_queued_messages)
+        self._tls = settings.tls_ca is not None or settings.tls_cert is not None
+        if settings.tls_ca is not None or settings.tls_cert is not None:
+            self.client.tls_set(
+                ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
+                certfile=str(settings.tls_cert) if settings.tls_cert else None,
+                keyfile=str(settings.tls_key) if settings.tls_key else None,
+            )
         self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -206,7 +214,7 @@ class MqttTransport:
                 (":method", "PUBLISH"),
                 (":path", message.topic),
                 (":authority", device),
-                (":scheme", "mqtt"),
+                (":scheme", "mqtts" if self._tls else "mqtt"),
                 *headers.items(),
             ),
             body=bytes(message.payload),
