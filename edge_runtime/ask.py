@@ -90,3 +90,47 @@ def ask_mqtt(
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def ask_coap(url: str, text: str, *, out: TextIO, err: TextIO, timeout_s: float = 60.0) -> int:
+    """Ask over CoAP (POST /infer); 0 when an answer came, 1 otherwise."""
+    import asyncio
+
+    import aiocoap
+
+    parts = urlsplit(url if "://" in url else f"coap://{url}")
+    if parts.scheme != "coap":
+        raise RequestError(f"{url}: only coap:// URLs are supported")
+    target = url.rstrip("/") if parts.path.endswith("/infer") else url.rstrip("/") + "/infer"
+
+    async def main() -> int:
+        context = await aiocoap.Context.create_client_context()
+        try:
+            message = aiocoap.Message(
+                code=aiocoap.POST,
+                uri=target,
+                payload=json.dumps({"prompt": text}).encode(),
+                content_format=50,
+            )
+            try:
+                response = await asyncio.wait_for(context.request(message).response, timeout_s)
+            except TimeoutError:
+                err.write(f"no answer within {timeout_s:.0f} s\n")
+                return 1
+            except OSError as exc:
+                err.write(f"cannot reach {target}: {exc}\n")
+                return 1
+            try:
+                answer = json.loads(response.payload)
+            except ValueError:
+                answer = {}
+            if not response.code.is_successful():
+                error = answer.get("error", {}) if isinstance(answer, dict) else {}
+                err.write(f"error {response.code}: {error.get('message', '')}\n")
+                return 1
+            out.write(str(answer.get("text", "")) + "\n")
+            return 0
+        finally:
+            await context.shutdown()
+
+    return asyncio.run(main())

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(serve)
 
     ask = commands.add_parser("ask", help="send one request to a running daemon")
-    ask.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    where = ask.add_mutually_exclusive_group()
+    where.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    where.add_argument("--coap", help="CoAP URL of the box, e.g. coap://[::1]")
     ask.add_argument("--prefix", default="edge", help="topic prefix")
     ask.add_argument("--device", default="ask", help="device id to send as")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
@@ -154,8 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         resolved = resolve_settings(args.config or default_config())
         return asyncio.run(daemon.serve(resolved.settings, threads=resolved.threads))
     if args.command == "ask":
-        from edge_runtime.ask import ask_mqtt
+        from edge_runtime.ask import ask_coap, ask_mqtt
 
+        if args.coap:
+            return ask_coap(
+                args.coap, args.text, out=sys.stdout, err=sys.stderr, timeout_s=args.timeout
+            )
         return ask_mqtt(
             args.mqtt,
             args.text,

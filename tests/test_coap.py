@@ -100,3 +100,42 @@ def test_errors_are_coap_codes(tiny_model: Model) -> None:
     assert "4.13" in large
     assert "4.15" in fmt
     assert json.loads(good.strip().splitlines()[-1])["usage"]["prompt_tokens"] > 0
+
+
+def test_ask_over_coap(tiny_model: Model) -> None:
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "edge-runtime")
+    port = free_udp_port()
+
+    async def main() -> tuple[str, str]:
+        pipeline = Pipeline(PipelineSettings(max_new_tokens=8), model=tiny_model)
+        try:
+            async with CoapTransport(pipeline.handle, answer_payload, host="::1", port=port):
+                results = []
+                for text in ("hello", "x" * 70_000):
+                    process = await asyncio.create_subprocess_exec(
+                        exe,
+                        "ask",
+                        "--coap",
+                        f"coap://[::1]:{port}",
+                        "--timeout",
+                        "20",
+                        text,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                    out, err = await asyncio.wait_for(process.communicate(), 40)
+                    results.append(f"{process.returncode}|{out.decode()}|{err.decode()}")
+                return results[0], results[1]
+        finally:
+            pipeline.close()
+
+    good, too_large = asyncio.run(main())
+    code, out, _ = good.split("|", 2)
+    assert code == "0"
+    assert out.strip()
+    code, _, err = too_large.split("|", 2)
+    assert code == "1"
+    assert "4.13" in err
