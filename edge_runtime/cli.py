@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--repeats", type=int, default=3)
     bench_model.add_argument("--threads", type=int, default=0)
     bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
+    bench_transport = bench_commands.add_parser("transport", help="MQTT echo, ours vs bare paho")
+    bench_transport.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_transport.add_argument("--requests", type=int, default=600)
     bench_filters = bench_commands.add_parser("filters", help="filter chain time per request")
     bench_filters.add_argument("--json", action="store_true", help="print one JSON object")
     bench_filters.add_argument("--filters-dir", type=Path, default=Path("filters"))
@@ -347,6 +350,15 @@ def _print_run(result: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "transport":
+        from edge_runtime.bench import transport
+
+        found = transport.run(
+            transport.TransportBenchArgs(json=args.json, requests=args.requests), sys.stdout
+        )
+        if args.json:
+            print(json.dumps(found, indent=2))
+        return 0
     if args.bench_command == "filters":
         from edge_runtime.bench import filters as filter_bench
 

@@ -20,7 +20,7 @@ ALLOWED = {
     "transports": LEAVES | {"codec", "transports"},
     "ask": LEAVES,
     "doctor": LEAVES | {"device", "model"},
-    "bench": LEAVES | {"device", "model", "bench", "filters"},
+    "bench": LEAVES | {"device", "model", "bench", "filters", "pipeline", "transports"},
 }
 EXPORT_ONLY = ("torch", "transformers", "optimum")
 # Modules that run in the daemon must never need the export extra.

@@ -115,6 +115,10 @@ class MqttTransport:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
+        # paho leaves Nagle on: each small publish would wait for a delayed ACK (~40 ms).
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe on every connect: a durable session may have lost $share subscriptions.
         client.subscribe(self.request_filter, qos=1)
         client.publish(self.status_topic, b"online", qos=1, retain=True)

@@ -1,0 +1,206 @@
+"""`bench transport`: echo requests over MQTT 5 QoS 1, edge-runtime beside a bare paho responder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime.bench.machine import describe_machine
+from edge_runtime.bench.report import markdown_table, times
+from edge_runtime.device import probe
+
+
+@dataclass(frozen=True, slots=True)
+class TransportBenchArgs:
+    """What `bench transport` measures."""
+
+    json: bool = False
+    requests: int = 600
+    concurrency: tuple[int, ...] = (1, 8, 32)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    config = directory / "mosquitto.conf"
+    # Without TCP_NODELAY every small publish waits for a delayed ACK (~40-90 ms).
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nset_tcp_nodelay true\n"
+    )
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    process = subprocess.Popen([exe, "-c", str(config)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("mosquitto did not start") from None
+            time.sleep(0.05)
+
+
+def _load(port: int, requests: int, concurrency: int) -> dict[str, float]:
+    """Send ``requests`` echo requests with ``concurrency`` in flight; latency per request."""
+    reply_topic = f"bench/replies/{uuid.uuid4().hex}"
+    sent: dict[bytes, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+    slots = threading.Semaphore(concurrency)
+    lock = threading.Lock()
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        props: Any = message.properties
+        key = props.CorrelationData
+        with lock:
+            started = sent.pop(key, None)
+            if started is not None:
+                latencies.append(time.perf_counter() - started)
+                if len(latencies) == requests:
+                    done.set()
+        slots.release()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    _nodelay(client)
+    client.loop_start()
+    client.subscribe(reply_topic, qos=1)
+    subscribed.wait(10)
+    body = json.dumps({"prompt": "ping", "route": "echo"}).encode()
+    started_all = time.perf_counter()
+    for index in range(requests):
+        slots.acquire()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        key = index.to_bytes(4, "big")
+        props.CorrelationData = key
+        with lock:
+            sent[key] = time.perf_counter()
+        client.publish(f"edge/req/dev-{index % 16}", body, qos=1, properties=props)
+    finished = done.wait(120)
+    elapsed = time.perf_counter() - started_all
+    client.loop_stop()
+    client.disconnect()
+    if not finished:
+        raise RuntimeError(f"only {len(latencies)} of {requests} answers arrived")
+    latencies.sort()
+    return {
+        "rps": round(requests / elapsed, 1),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+    }
+
+
+def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
+    """Measure both servers at each concurrency; print a table unless ``args.json``."""
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="edge-bench-transport-") as tmp:
+        broker, port = _broker(Path(tmp))
+        try:
+            for kind in ("bare", "ours"):
+                server = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edge_runtime.bench.transport_server",
+                        "--kind",
+                        kind,
+                        "--port",
+                        str(port),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    assert server.stdout is not None
+                    if server.stdout.readline().strip() != "READY":
+                        raise RuntimeError(f"the {kind} server did not start")
+                    _load(port, 50, 4)  # warm-up
+                    rows[kind] = {str(c): _load(port, args.requests, c) for c in args.concurrency}
+                finally:
+                    server.terminate()
+                    server.wait(timeout=20)
+                    if server.stdout is not None:
+                        server.stdout.close()
+        finally:
+            broker.terminate()
+            broker.wait(timeout=10)
+    ratios = {
+        str(c): {
+            "p50": round(rows["ours"][str(c)]["p50_ms"] / rows["bare"][str(c)]["p50_ms"], 2),
+            "rps": round(rows["ours"][str(c)]["rps"] / rows["bare"][str(c)]["rps"], 2),
+        }
+        for c in args.concurrency
+    }
+    result = {
+        "machine": describe_machine(probe(), 1),
+        "mqtt_echo": rows,
+        "ratio_ours_to_bare": ratios,
+    }
+    if not args.json:
+        out.write(render(result) + "\n")
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    """The report as a Markdown table."""
+    body = []
+    for concurrency, ratio in result["ratio_ours_to_bare"].items():
+        bare = result["mqtt_echo"]["bare"][concurrency]
+        ours = result["mqtt_echo"]["ours"][concurrency]
+        body.append(
+            [
+                concurrency,
+                f"{bare['rps']:.0f}",
+                f"{bare['p50_ms']:.2f}",
+                f"{bare['p99_ms']:.2f}",
+                f"{ours['rps']:.0f}",
+                f"{ours['p50_ms']:.2f}",
+                f"{ours['p99_ms']:.2f}",
+                times(ratio["p50"]),
+            ]
+        )
+    headers = [
+        "in flight",
+        "bare req/s",
+        "bare p50 ms",
+        "bare p99 ms",
+        "ours req/s",
+        "ours p50 ms",
+        "ours p99 ms",
+        "p50 ours/bare",
+    ]
+    lines = ["MQTT 5 QoS 1, echo route, one mosquitto on loopback", ""]
+    return "\n".join(lines + markdown_table(headers, body, left=1))
+
+
+def _nodelay(client: mqtt.Client) -> None:
+    """Nagle off, as edge-runtime's transport does, so both sides are measured alike."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

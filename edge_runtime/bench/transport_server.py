@@ -1,0 +1,83 @@
+"""The server side of `bench transport`, in its own process: our echo route or bare paho."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime.config import MqttSettings
+from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+from edge_runtime.transports.mqtt import MqttTransport
+
+
+def bare(port: int, ready: threading.Event, stop: threading.Event) -> None:
+    """The floor: a paho client that publishes each request back to its response topic."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bare-echo", protocol=mqtt.MQTTv5)
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        _nodelay(c)
+        c.subscribe("edge/req/+", qos=1)
+
+    def on_subscribe(*args: Any) -> None:
+        ready.set()
+
+    def on_message(c: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        props: Any = message.properties
+        reply = Properties(PacketTypes.PUBLISH)
+        reply.CorrelationData = props.CorrelationData
+        c.publish(props.ResponseTopic, message.payload, qos=1, properties=reply)
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    stop.wait()
+    client.loop_stop()
+
+
+async def ours(port: int, ready: threading.Event, stop: threading.Event) -> None:
+    """edge-runtime's MQTT transport and pipeline on the echo route, no filters, no model."""
+    pipeline = Pipeline(PipelineSettings(default_route="echo", max_concurrent=64, max_queue=1024))
+    settings = MqttSettings(port=port, node_id="bench-node", share_group="")
+    async with MqttTransport(settings, pipeline.handle, answer_payload):
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+    pipeline.close()
+
+
+def main() -> None:
+    """Serve until SIGTERM; print READY once subscribed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", choices=("ours", "bare"), required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    ready, stop = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    if args.kind == "bare":
+        thread = threading.Thread(target=bare, args=(args.port, ready, stop))
+    else:
+        thread = threading.Thread(target=lambda: asyncio.run(ours(args.port, ready, stop)))
+    thread.start()
+    ready.wait(30)
+    print("READY", flush=True)
+    thread.join()
+
+
+def _nodelay(client: mqtt.Client) -> None:
+    """Nagle off, as edge-runtime's transport does, so both sides are measured alike."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+if __name__ == "__main__":
+    main()
