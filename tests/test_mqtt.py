@@ -505,3 +505,82 @@ def test_mutual_tls(tmp_path: Path, tiny_model: Model) -> None:
     finally:
         broker.terminate()
         broker.wait(timeout=10)
+
+
+def test_requests_sent_while_the_node_reconnects_are_answered(
+    tmp_path: Path, tiny_model: Model
+) -> None:
+    port = free_port()
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "m.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+        f"persistence true\npersistence_location {tmp_path / 'data'}/\n"
+    )
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(["mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return process
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+    broker = start()
+
+    async def main() -> list[str]:
+        nonlocal broker
+        async with serving(port, tiny_model) as transport:
+            assert transport.client.is_connected()
+            broker.terminate()
+            broker.wait(timeout=10)
+            await asyncio.sleep(0.5)
+            broker = start()
+            sub = await asyncio.create_subprocess_exec(
+                "mosquitto_sub",
+                "-p",
+                str(port),
+                "-t",
+                "replies/restart",
+                "-C",
+                "5",
+                "-W",
+                "30",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            await asyncio.sleep(0.3)
+            # The node may not be back yet: its persistent session keeps these for it.
+            for index in range(5):
+                await run(
+                    "mosquitto_pub",
+                    "-V",
+                    "5",
+                    "-p",
+                    str(port),
+                    "-q",
+                    "1",
+                    "-t",
+                    "edge/req/sensor-1",
+                    "-m",
+                    json.dumps({"prompt": f"r{index}", "route": "echo"}),
+                    "-D",
+                    "publish",
+                    "response-topic",
+                    "replies/restart",
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    f"r{index}",
+                )
+            out, _ = await asyncio.wait_for(sub.communicate(), 40)
+            return out.decode().splitlines()
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    assert sorted(json.loads(line)["text"] for line in answers) == [f"r{i}" for i in range(5)]
