@@ -41,6 +41,8 @@ class InferenceRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=10)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
+    # Makes sampling reproducible (tests, debugging a device's odd answer).
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     route: Route | None = None
 

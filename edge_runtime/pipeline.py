@@ -77,8 +77,13 @@ class Pipeline:
         if self._filters is not None:
             await self._on_filter_thread(self._filters.poll)
 
-    async def handle(self, request: Request, sink: ChunkSink | None = None) -> Response:
-        """Answer ``request``; streamed deltas go to ``sink``; errors become error Responses."""
+    async def handle(
+        self, request: Request, sink: ChunkSink | None = None, *, stream: bool | None = None
+    ) -> Response:
+        """Answer ``request``; streamed deltas go to ``sink``; errors become error Responses.
+
+        ``stream`` overrides the body's own ``stream`` field (CoAP jobs always stream).
+        """
         started = self._clock()
         try:
             if self._waiting >= self.settings.max_queue and self._slots.locked():
@@ -89,7 +94,7 @@ class Pipeline:
             finally:
                 self._waiting -= 1
             try:
-                return await self._handle(request, sink, started)
+                return await self._handle(request, sink, started, stream)
             finally:
                 self._slots.release()
         except EdgeRuntimeError as exc:
@@ -98,7 +103,9 @@ class Pipeline:
             log.exception("request %s failed", request.id)
             return _error(request, Status.INTERNAL_ERROR, "internal error", None)
 
-    async def _handle(self, request: Request, sink: ChunkSink | None, started: float) -> Response:
+    async def _handle(
+        self, request: Request, sink: ChunkSink | None, started: float, stream_override: bool | None
+    ) -> Response:
         deadline = request.deadline
         if deadline is None:
             deadline = started + self.settings.timeout_seconds
@@ -122,6 +129,8 @@ class Pipeline:
             body = decode_request(
                 bytes(stream.request_body), content_type, max_bytes=self.settings.max_payload_bytes
             )
+            if stream_override is not None:
+                body = body.model_copy(update={"stream": stream_override})
             route = _header(stream, "x-route") or body.route or self.settings.default_route
             if route not in ROUTES:
                 raise RequestError(f"unknown route {route!r}; routes are {', '.join(ROUTES)}")
@@ -231,6 +240,7 @@ class Pipeline:
         model = self._model
         overrides: dict[str, Any] = {
             "max_new_tokens": body.max_tokens or self.settings.max_new_tokens,
+            "seed": body.seed,
         }
         for name in ("temperature", "top_p", "top_k"):
             value = getattr(body, name)

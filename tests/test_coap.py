@@ -139,3 +139,41 @@ def test_ask_over_coap(tiny_model: Model) -> None:
     code, _, err = too_large.split("|", 2)
     assert code == "1"
     assert "4.13" in err
+
+
+def test_jobs_stream_deltas_to_observers(tiny_model: Model) -> None:
+    port = free_udp_port()
+    # Seed 1 makes the tiny model write all 600 tokens: observation starts well before the end.
+    body = {"prompt": "What is the temperature in the kitchen?", "temperature": 0.8, "seed": 1}
+
+    async def main() -> tuple[str, str]:
+        settings = PipelineSettings(max_new_tokens=600, coalesce_chars=16)
+        pipeline = Pipeline(settings, model=tiny_model)
+        try:
+            async with CoapTransport(pipeline.handle, answer_payload, host="::1", port=port):
+                created = await client(
+                    "-m",
+                    "post",
+                    "-t",
+                    "json",
+                    "-e",
+                    json.dumps(body),
+                    f"coap://[::1]:{port}/jobs",
+                )
+                job = json.loads(created.strip().splitlines()[-1])
+                observed = await client("-s", "8", "-w", f"coap://[::1]:{port}{job['location']}")
+                return created, observed
+        finally:
+            pipeline.close()
+
+    created, observed = asyncio.run(main())
+    assert json.loads(created.strip().splitlines()[-1])["location"].startswith("/jobs/")
+    states = [json.loads(line) for line in observed.splitlines() if line.startswith("{")]
+    assert states[-1]["type"] == "final"
+    assert [s["type"] for s in states].count("final") == 1
+    seqs = [s["seq"] for s in states]
+    assert seqs == sorted(seqs)
+    assert states[-1]["usage"]["completion_tokens"] == 600
+    # Deltas arrive before the final state, each notification within one CoAP block.
+    assert any(s["type"] == "delta" for s in states)
+    assert all(len(json.dumps(s).encode()) <= 1024 for s in states)

@@ -1,1 +1,22 @@
-"""Transports: the only code that knows MQTT or CoAP."""
+"""Transports: the only code that knows MQTT or CoAP; what they hand requests to."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from edge_runtime.messages import Chunk, Request, Response
+
+ChunkSink = Callable[[Chunk], Awaitable[None]]
+# Turns a Response into the body a device receives (answer or error).
+PayloadOf = Callable[[Response], dict[str, Any]]
+
+
+class Handler(Protocol):
+    """What a transport hands each request to (the pipeline's handle())."""
+
+    def __call__(
+        self, request: Request, sink: ChunkSink | None = None, *, stream: bool | None = None
+    ) -> Awaitable[Response]:
+        """Answer ``request``; deltas go to ``sink`` when it streams."""
+        ...

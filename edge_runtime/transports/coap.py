@@ -1,4 +1,4 @@
-"""CoAP transport (aiocoap, UDP): POST /infer for short answers, /health, /.well-known/core."""
+"""CoAP transport (aiocoap, UDP): /infer for short answers, /jobs with Observe for streams."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
 from edge_runtime.codec import CBOR, JSON, TEXT, encode
-from edge_runtime.messages import Request, Response, Status
-from edge_runtime.transports.mqtt import Handler, PayloadOf
+from edge_runtime.messages import Chunk, Request, Response, Status
+from edge_runtime.transports import Handler, PayloadOf
 
 log = logging.getLogger("edge_runtime.coap")
 
@@ -68,27 +68,7 @@ class InferResource(resource.Resource):  # type: ignore[misc]
         )
         if answer_format not in (50, 60):
             return _error(Code.NOT_ACCEPTABLE, "answers are JSON (50) or CBOR (60)", 50)
-        host = request.remote.hostinfo if request.remote is not None else ""
-        path = "/".join(request.opt.uri_path)
-        query = "&".join(request.opt.uri_query)
-        device = dict(q.split("=", 1) for q in request.opt.uri_query if "=" in q).get(
-            "device", host
-        )
-        inner = Request(
-            id=uuid.uuid4().hex,
-            transport="coap",
-            method="POST",
-            path=f"/{path}" + (f"?{query}" if query else ""),
-            headers=(
-                (":method", "POST"),
-                (":path", f"/{path}"),
-                (":authority", request.opt.uri_host or host),
-                (":scheme", "coap"),
-                ("content-type", FORMATS[fmt_number]),
-            ),
-            body=bytes(request.payload),
-            device_id=device,
-        )
+        inner = inner_request(request, fmt_number)
         response = await self._handler(inner, None)
         return self._message(response, answer_format)
 
@@ -100,6 +80,110 @@ class InferResource(resource.Resource):  # type: ignore[misc]
             retry = dict(response.headers).get("retry-after", "1")
             message.opt.max_age = int(retry) if retry.isdigit() else 1
         return message
+
+
+def inner_request(request: aiocoap.Message, fmt_number: int) -> Request:
+    """The protocol-free Request for a CoAP request (device id from ?device=, else the peer)."""
+    host = request.remote.hostinfo if request.remote is not None else ""
+    path = "/".join(request.opt.uri_path)
+    query = "&".join(request.opt.uri_query)
+    device = dict(q.split("=", 1) for q in request.opt.uri_query if "=" in q).get("device", host)
+    return Request(
+        id=uuid.uuid4().hex,
+        transport="coap",
+        method="POST",
+        path=f"/{path}" + (f"?{query}" if query else ""),
+        headers=(
+            (":method", "POST"),
+            (":path", f"/{path}"),
+            (":authority", request.opt.uri_host or host),
+            (":scheme", "coap"),
+            ("content-type", FORMATS[fmt_number]),
+        ),
+        body=bytes(request.payload),
+        device_id=device,
+    )
+
+
+class JobsResource(resource.Resource):  # type: ignore[misc]
+    """POST /jobs: start a streamed answer; its deltas are observed at /jobs/<id>."""
+
+    rt = "edge-runtime.jobs"
+    ct = "0 50 60"
+
+    def __init__(
+        self,
+        site: resource.Site,
+        handler: Handler,
+        payload_of: PayloadOf,
+        max_payload_bytes: int,
+        keep_s: float = 60.0,
+    ):
+        super().__init__()
+        self._site = site
+        self._handler = handler
+        self._payload_of = payload_of
+        self._max = max_payload_bytes
+        self._keep_s = keep_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return True
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        if len(request.payload) > self._max:
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self._max)
+        fmt = request.opt.content_format
+        fmt_number = int(fmt) if fmt is not None else 50
+        if fmt_number not in FORMATS:
+            return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use Content-Format 0, 50 or 60", 50)
+        job_id = uuid.uuid4().hex[:12]
+        job = JobResource()
+        self._site.add_resource(["jobs", job_id], job)
+        task = asyncio.get_running_loop().create_task(
+            self._run(job, job_id, inner_request(request, fmt_number))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        payload = json.dumps({"job": job_id, "location": f"/jobs/{job_id}"}).encode()
+        answer = aiocoap.Message(code=Code.CREATED, payload=payload, content_format=50)
+        answer.opt.location_path = ("jobs", job_id)
+        return answer
+
+    async def _run(self, job: JobResource, job_id: str, inner: Request) -> None:
+        async def sink(chunk: Chunk) -> None:
+            job.publish({"seq": chunk.seq, "type": chunk.type, "text": chunk.text})
+
+        response = await self._handler(inner, sink, stream=True)
+        answer = self._payload_of(response)
+        terminal = "error" if response.status >= 400 else "final"
+        final: dict[str, Any] = {"seq": job.next_seq, "type": terminal}
+        # Notifications are not split into blocks: the final state leaves out the text the
+        # deltas already carried.
+        final.update({k: v for k, v in answer.items() if k != "text"})
+        job.publish(final)
+        asyncio.get_running_loop().call_later(
+            self._keep_s, self._site.remove_resource, ["jobs", job_id]
+        )
+
+
+class JobResource(resource.ObservableResource):  # type: ignore[misc]
+    """GET /jobs/<id> with Observe: one notification per delta, then the final state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latest: dict[str, Any] = {"seq": -1, "type": "pending"}
+        self.next_seq = 0
+
+    def publish(self, state: dict[str, Any]) -> None:
+        """A new state for observers (kept under ~1 KiB by the pipeline's coalescing)."""
+        self._latest = state
+        self.next_seq = int(state.get("seq", -1)) + 1
+        self.updated_state()
+
+    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+        payload = json.dumps(self._latest, ensure_ascii=False).encode()
+        return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=50)
 
 
 class HealthResource(resource.Resource):  # type: ignore[misc]
@@ -142,6 +226,9 @@ class CoapTransport:
         )
         self._site.add_resource(["infer"], InferResource(handler, payload_of, max_payload_bytes))
         self._site.add_resource(["health"], HealthResource())
+        self._site.add_resource(
+            ["jobs"], JobsResource(self._site, handler, payload_of, max_payload_bytes)
+        )
         self._bind = (host, port)
         self._context: aiocoap.Context | None = None
 

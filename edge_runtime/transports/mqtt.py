@@ -13,7 +13,6 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,12 +23,10 @@ from paho.mqtt.properties import Properties
 from edge_runtime.codec import CBOR, JSON, encode, media_type
 from edge_runtime.config import MqttSettings
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.messages import Chunk, ChunkType, Request, Response
+from edge_runtime.messages import Chunk, ChunkType, Request
+from edge_runtime.transports import Handler, PayloadOf
 
 log = logging.getLogger("edge_runtime.mqtt")
-
-Handler = Callable[[Request, Callable[[Chunk], Awaitable[None]] | None], Awaitable[Response]]
-PayloadOf = Callable[[Response], dict[str, Any]]
 
 
 class MqttTransport:
