@@ -350,5 +350,10 @@ def _timing(timing: Timing, usage: Usage | None) -> dict[str, float]:
 def answer_payload(response: Response) -> dict[str, Any]:
     """What a transport sends for a Response: the answer body, or the error body."""
     if response.status >= 400:
-        return {"error": {"status": int(response.status), "message": response.text}}
+        error: dict[str, Any] = {"status": int(response.status), "message": response.text}
+        retry = dict(response.headers).get("retry-after")
+        if retry is not None and retry.isdigit():
+            # Busy or rate-limited: tells the device when to try again.
+            error["retry_after"] = int(retry)
+        return {"error": error}
     return _answer_payload(response)

@@ -155,6 +155,7 @@ def test_overflow_is_answered_busy_at_once(tiny_model: Model) -> None:
         await asyncio.sleep(0)
         second = await pipeline.handle(request(body))
         assert second.headers == (("retry-after", "1"),)
+        assert answer_payload(second)["error"]["retry_after"] == 1
         return [(await first).status, second.status]
 
     assert asyncio.run(both()) == [Status.OK, Status.SERVICE_UNAVAILABLE]
