@@ -55,13 +55,9 @@ class InferResource(resource.Resource):  # type: ignore[misc]
         return True
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        # aiocoap reassembles Block1 uploads with no cap: the size is checked before any work.
-        if len(request.payload) > self._max:
-            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self._max)
-        fmt = request.opt.content_format
-        fmt_number = int(fmt) if fmt is not None else 50
-        if fmt_number not in FORMATS:
-            return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use Content-Format 0, 50 or 60", 50)
+        fmt_number, refused = check_upload(request, self._max)
+        if refused is not None:
+            return refused
         accept = request.opt.accept
         answer_format = (
             int(accept) if accept is not None else (fmt_number if fmt_number != 0 else 50)
@@ -80,6 +76,21 @@ class InferResource(resource.Resource):  # type: ignore[misc]
             retry = dict(response.headers).get("retry-after", "1")
             message.opt.max_age = int(retry) if retry.isdigit() else 1
         return message
+
+
+def check_upload(request: aiocoap.Message, max_bytes: int) -> tuple[int, aiocoap.Message | None]:
+    """The body's Content-Format number, or the answer refusing the upload (4.13 or 4.15).
+
+    aiocoap reassembles Block1 uploads with no cap, so the size is checked before any work.
+    """
+    if len(request.payload) > max_bytes:
+        return 0, aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=max_bytes)
+    fmt = request.opt.content_format
+    fmt_number = int(fmt) if fmt is not None else 50
+    if fmt_number not in FORMATS:
+        refused = _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use Content-Format 0, 50 or 60", 50)
+        return fmt_number, refused
+    return fmt_number, None
 
 
 def inner_request(request: aiocoap.Message, fmt_number: int) -> Request:
@@ -131,12 +142,9 @@ class JobsResource(resource.Resource):  # type: ignore[misc]
         return True
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        if len(request.payload) > self._max:
-            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self._max)
-        fmt = request.opt.content_format
-        fmt_number = int(fmt) if fmt is not None else 50
-        if fmt_number not in FORMATS:
-            return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use Content-Format 0, 50 or 60", 50)
+        fmt_number, refused = check_upload(request, self._max)
+        if refused is not None:
+            return refused
         job_id = uuid.uuid4().hex[:12]
         job = JobResource()
         self._site.add_resource(["jobs", job_id], job)
