@@ -584,3 +584,131 @@ def test_requests_sent_while_the_node_reconnects_are_answered(
         broker.terminate()
         broker.wait(timeout=10)
     assert sorted(json.loads(line)["text"] for line in answers) == [f"r{i}" for i in range(5)]
+
+
+def test_publishes_stay_under_the_brokers_maximum_packet_size(
+    tmp_path: Path, tiny_model: Model
+) -> None:
+    from edge_runtime.config import MqttSettings
+
+    port = free_port()
+    (tmp_path / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_packet_size 512\n"
+    )
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(tmp_path / "m.conf")], stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # Seed 1 makes the tiny model write 600 tokens: far more than one 512-byte packet.
+    body = {
+        "prompt": "What is the temperature in the kitchen?",
+        "temperature": 0.8,
+        "seed": 1,
+        "max_tokens": 600,
+    }
+
+    async def main() -> tuple[list[bytes], str, str]:
+        # Deltas are gathered into one big piece, which the transport must split.
+        pipeline = Pipeline(
+            PipelineSettings(coalesce_chars=100_000, coalesce_seconds=100), model=tiny_model
+        )
+        settings = MqttSettings(port=port, node_id="small-packets", share_group="")
+        try:
+            async with MqttTransport(settings, pipeline.handle, answer_payload):
+                sub = await asyncio.create_subprocess_exec(
+                    "mosquitto_sub",
+                    "-p",
+                    str(port),
+                    "-t",
+                    "replies/p",
+                    "-W",
+                    "30",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                await asyncio.sleep(0.3)
+                await run(
+                    "mosquitto_pub",
+                    "-V",
+                    "5",
+                    "-p",
+                    str(port),
+                    "-q",
+                    "1",
+                    "-t",
+                    "edge/req/s1",
+                    "-m",
+                    json.dumps({**body, "stream": True}),
+                    "-D",
+                    "publish",
+                    "response-topic",
+                    "replies/p",
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    "p-1",
+                )
+                lines: list[bytes] = []
+                assert sub.stdout is not None
+                while not lines or json.loads(lines[-1]).get("type") not in ("final", "error"):
+                    lines.append(await asyncio.wait_for(sub.stdout.readline(), 30))
+                sub.terminate()
+                await sub.wait()
+                whole = await run(
+                    "mosquitto_rr",
+                    "-p",
+                    str(port),
+                    "-t",
+                    "edge/req/s1",
+                    "-e",
+                    "replies/q",
+                    "-m",
+                    json.dumps(body),
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    "p-2",
+                    "-W",
+                    "30",
+                )
+                still = await run(
+                    "mosquitto_rr",
+                    "-p",
+                    str(port),
+                    "-t",
+                    "edge/req/s1",
+                    "-e",
+                    "replies/q",
+                    "-m",
+                    json.dumps({"prompt": "ok", "route": "echo"}),
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    "p-3",
+                    "-W",
+                    "30",
+                )
+                return lines, whole, still
+        finally:
+            pipeline.close()
+
+    try:
+        lines, whole, still = asyncio.run(main())
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    chunks = [json.loads(line) for line in lines]
+    assert all(len(line) <= 512 for line in lines)
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert len(chunks) > 3
+    assert chunks[-1]["type"] == "final" and "text" not in chunks[-1]
+    assert chunks[-1]["usage"]["completion_tokens"] == 600
+    assert json.loads(whole)["error"]["status"] == 413
+    # The node was never dropped by the broker for an oversize packet.
+    assert json.loads(still)["text"] == "ok"

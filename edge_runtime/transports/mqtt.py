@@ -43,6 +43,7 @@ class MqttTransport:
         self._answered: OrderedDict[str, list[tuple[str, bytes, Properties | None]]] = OrderedDict()
         self._in_progress: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_packet: int | None = None
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.node_id,
@@ -112,6 +113,9 @@ class MqttTransport:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
+        # paho ignores the broker's Maximum Packet Size; a publish over it gets us dropped.
+        maximum = getattr(props, "MaximumPacketSize", None) if props else None
+        self._max_packet = int(maximum) if maximum else None
         # paho leaves Nagle on: each small publish would wait for a delayed ACK (~40 ms).
         sock = client.socket()
         if isinstance(sock, socket.socket):
@@ -127,6 +131,14 @@ class MqttTransport:
             self.settings.port,
             self.settings.node_id,
         )
+
+    def _packet_budget(self, topic: str, correlation: bytes | None) -> int | None:
+        """Bytes left for a payload under the broker's Maximum Packet Size, if it set one."""
+        if self._max_packet is None:
+            return None
+        # Fixed header, topic, packet id, properties (correlation, content type, seq/type).
+        overhead = 5 + 2 + len(topic.encode()) + 2 + 64 + len(correlation or b"")
+        return max(64, self._max_packet - overhead)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -196,11 +208,15 @@ class MqttTransport:
             sent.append((response_topic, body, publish_props))
 
         seq = 0
+        limit = self._packet_budget(response_topic, correlation)
 
         async def sink(chunk: Chunk) -> None:
+            # The transport numbers what it publishes: a delta too big for one packet goes
+            # out as several, each under the broker's Maximum Packet Size.
             nonlocal seq
-            seq = chunk.seq + 1
-            publish({"seq": chunk.seq, "type": chunk.type, "text": chunk.text}, chunk)
+            for piece in _split(chunk.text, limit):
+                publish({"seq": seq, "type": "delta", "text": piece}, Chunk(seq, "delta"))
+                seq += 1
 
         # Message Expiry is the device's deadline: past it, the answer is useless to it.
         expiry = getattr(props, "MessageExpiryInterval", None) if props else None
@@ -225,10 +241,22 @@ class MqttTransport:
             response = await self._handler(request, sink)
             answer = self._payload_of(response)
             if seq > 0:
-                # A stream ends with exactly one terminal chunk carrying the whole answer.
+                # A stream ends with exactly one terminal chunk carrying the whole answer (its
+                # text left out when that would not fit one packet: the deltas carried it).
                 terminal: ChunkType = "error" if response.status >= 400 else "final"
-                publish({"seq": seq, "type": terminal, **answer}, Chunk(seq=seq, type=terminal))
+                final = {"seq": seq, "type": terminal, **answer}
+                if limit is not None and len(encode(final, kind)) > limit:
+                    final.pop("text", None)
+                publish(final, Chunk(seq=seq, type=terminal))
             else:
+                if limit is not None and len(encode(answer, kind)) > limit:
+                    answer = {
+                        "error": {
+                            "status": 413,
+                            "message": "the answer is larger than the broker's maximum packet "
+                            "size; ask for it with stream",
+                        }
+                    }
                 publish(answer, None)
         finally:
             self._in_progress.discard(key)
@@ -245,3 +273,13 @@ def _body_id(payload: bytes) -> bytes | None:
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return str(value).encode() if value is not None else None
+
+
+def _split(text: str, limit: int | None) -> list[str]:
+    """Pieces of ``text`` whose JSON encoding stays under ``limit`` bytes (whole characters)."""
+    if limit is None:
+        return [text]
+    # JSON escaping can grow a character to 12 bytes (a surrogate pair as \\uXXXX\\uXXXX);
+    # size the pieces so even the worst case fits, after room for the envelope.
+    room = max(1, (limit - 48) // 12)
+    return [text[i : i + room] for i in range(0, len(text), room)] or [""]
