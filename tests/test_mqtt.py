@@ -576,6 +576,7 @@ def test_requests_sent_while_the_node_reconnects_are_answered(
                     f"r{index}",
                 )
             out, _ = await asyncio.wait_for(sub.communicate(), 40)
+            assert transport.reconnects == 1
             return out.decode().splitlines()
 
     try:
@@ -712,3 +713,18 @@ def test_publishes_stay_under_the_brokers_maximum_packet_size(
     assert json.loads(whole)["error"]["status"] == 413
     # The node was never dropped by the broker for an oversize packet.
     assert json.loads(still)["text"] == "ok"
+
+
+def test_reconnect_backoff_grows_is_capped_and_jittered() -> None:
+    import random
+
+    from edge_runtime.transports.mqtt import backoff
+
+    rng = random.Random(7)
+    delays = [backoff(n, rng) for n in range(12)]
+    assert 0.25 <= delays[0] <= 0.75
+    assert all(d <= 45 for d in delays)
+    assert delays[8] > delays[0]
+    # Two boxes that lost the broker together do not come back in step.
+    other = [backoff(n, random.Random(8)) for n in range(12)]
+    assert delays != other

@@ -7,8 +7,10 @@ call_soon_threadsafe, and nothing past this module sees a paho type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import random
 import socket
 import time
 import uuid
@@ -44,11 +46,18 @@ class MqttTransport:
         self._in_progress: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_packet: int | None = None
+        self._disconnected = asyncio.Event()
+        self._stopping = False
+        self._reconnector: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+        self.reconnects = 0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.node_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
+            # We reconnect ourselves, with jitter, so a fleet does not return all at once.
+            reconnect_on_failure=False,
         )
         if settings.username is not None:
             self.client.username_pw_set(settings.username, settings.password)
@@ -95,15 +104,51 @@ class MqttTransport:
         self.client.loop_start()
         async with asyncio.timeout(self.settings.connect_timeout_s):
             await self._connected.wait()
+        self._reconnector = self._loop.create_task(self._keep_connected(), name="mqtt-reconnect")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnector
         for task in list(self._tasks):
             await asyncio.wait([task], timeout=5)
-        info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
-        await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 5)
+        if self._connected.is_set():
+            info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 5)
         self.client.disconnect()
         self.client.loop_stop()
+
+    async def _keep_connected(self) -> None:
+        """Reconnect after a lost connection, with jittered exponential backoff."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._disconnected.wait()
+            attempt = 0
+            while not self._connected.is_set():
+                delay = backoff(attempt, self._rng)
+                log.info("reconnecting to the broker in %.1f s", delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+                # The old network thread ended with the connection; start a new one.
+                await loop.run_in_executor(None, self.client.loop_stop)
+                try:
+                    await loop.run_in_executor(None, self.client.reconnect)
+                except OSError as exc:
+                    log.warning("broker still unreachable: %s", exc)
+                    continue
+                # reconnect() made a wake-up socket pair that loop_start() would replace
+                # without closing (paho 2.2): close it first so no descriptor leaks.
+                reset = getattr(self.client, "_reset_sockets", None)
+                if reset is not None:
+                    reset(sockpair_only=True)
+                self.client.loop_start()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.connect_timeout_s):
+                        await self._connected.wait()
+            self.reconnects += 1
 
     # paho's thread ---------------------------------------------------------
 
@@ -124,7 +169,7 @@ class MqttTransport:
         client.subscribe(self.request_filter, qos=1)
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected.set)
+        self._loop.call_soon_threadsafe(self._found)
         log.info(
             "connected to %s:%d as %s",
             self.settings.host,
@@ -144,7 +189,7 @@ class MqttTransport:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connected.clear)
+        self._loop.call_soon_threadsafe(self._lost)
         log.warning("disconnected from the broker: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -152,6 +197,15 @@ class MqttTransport:
         self._loop.call_soon_threadsafe(self._spawn, message)
 
     # Event loop ------------------------------------------------------------
+
+    def _found(self) -> None:
+        self._disconnected.clear()
+        self._connected.set()
+
+    def _lost(self) -> None:
+        self._connected.clear()
+        if not self._stopping:
+            self._disconnected.set()
 
     def _spawn(self, message: mqtt.MQTTMessage) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(message))
@@ -283,3 +337,9 @@ def _split(text: str, limit: int | None) -> list[str]:
     # size the pieces so even the worst case fits, after room for the envelope.
     room = max(1, (limit - 48) // 12)
     return [text[i : i + room] for i in range(0, len(text), room)] or [""]
+
+
+def backoff(attempt: int, rng: random.Random, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds before reconnect ``attempt``: exponential, capped, with ±50% jitter."""
+    delay: float = min(cap, base * 2.0**attempt) * rng.uniform(0.5, 1.5)
+    return delay
