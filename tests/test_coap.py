@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 
 from edge_runtime.model.runtime import Model
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
@@ -177,3 +178,39 @@ def test_jobs_stream_deltas_to_observers(tiny_model: Model) -> None:
     # Deltas arrive before the final state, each notification within one CoAP block.
     assert any(s["type"] == "delta" for s in states)
     assert all(len(json.dumps(s).encode()) <= 1024 for s in states)
+
+
+def test_unknown_paths_and_filters_over_coap(tiny_model: Model, tmp_path: Path) -> None:
+    from edge_runtime.config import FilterHostSettings, FilterSettings
+    from edge_runtime.filters.service import FilterService
+
+    filters = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
+    guard = Path(__file__).resolve().parent.parent / "filters" / "size-guard.wasm"
+    filters.load([FilterSettings(name="size-guard", module=guard, config='{"max_bytes": 64}')])
+    port = free_udp_port()
+
+    async def main() -> tuple[str, str]:
+        pipeline = Pipeline(PipelineSettings(max_new_tokens=4), model=tiny_model, filters=filters)
+        try:
+            async with CoapTransport(pipeline.handle, answer_payload, host="::1", port=port):
+                missing = await client(f"coap://[::1]:{port}/nope")
+                guarded = await client(
+                    "-m",
+                    "post",
+                    "-t",
+                    "json",
+                    "-e",
+                    json.dumps({"prompt": "y" * 100}),
+                    f"coap://[::1]:{port}/infer",
+                )
+                return missing, guarded
+        finally:
+            pipeline.close()
+
+    try:
+        missing, guarded = asyncio.run(main())
+    finally:
+        filters.close()
+    assert "4.04" in missing
+    # The size-guard filter rejected it: its 413 comes out as CoAP 4.13.
+    assert "4.13" in guarded

@@ -728,3 +728,65 @@ def test_reconnect_backoff_grows_is_capped_and_jittered() -> None:
     # Two boxes that lost the broker together do not come back in step.
     other = [backoff(n, random.Random(8)) for n in range(12)]
     assert delays != other
+
+
+def test_a_request_whose_expiry_passes_while_queued_is_dropped(
+    broker: int, tiny_model: Model
+) -> None:
+    async def main() -> tuple[int, str]:
+        pipeline = Pipeline(PipelineSettings(max_concurrent=1, max_queue=8), model=tiny_model)
+
+        async def slow_then_pipeline(request: Request, sink) -> Response:  # type: ignore[no-untyped-def]
+            if request.path.endswith("slow"):
+                await asyncio.sleep(2.5)
+            return await pipeline.handle(request, sink)
+
+        settings = MqttSettings(port=broker, node_id="exp", share_group="")
+        try:
+            async with MqttTransport(settings, slow_then_pipeline, answer_payload) as transport:
+                sub = await asyncio.create_subprocess_exec(
+                    "mosquitto_sub",
+                    "-p",
+                    str(broker),
+                    "-t",
+                    "replies/x",
+                    "-W",
+                    "6",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                await asyncio.sleep(0.3)
+                await run(
+                    "mosquitto_pub",
+                    "-V",
+                    "5",
+                    "-p",
+                    str(broker),
+                    "-q",
+                    "1",
+                    "-t",
+                    "edge/req/slow",
+                    "-m",
+                    json.dumps({"prompt": "a", "route": "echo"}),
+                    "-D",
+                    "publish",
+                    "response-topic",
+                    "replies/x",
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    "x1",
+                    "-D",
+                    "publish",
+                    "message-expiry-interval",
+                    "1",
+                )
+                out, _ = await sub.communicate()
+                return transport.expired, out.decode()
+        finally:
+            pipeline.close()
+
+    from edge_runtime.config import MqttSettings
+
+    expired, out = asyncio.run(main())
+    assert expired == 1
+    assert out.strip() == ""

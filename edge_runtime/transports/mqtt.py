@@ -51,6 +51,8 @@ class MqttTransport:
         self._reconnector: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self.reconnects = 0
+        # Requests whose Message Expiry passed before they were answered: dropped, counted.
+        self.expired = 0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.node_id,
@@ -275,6 +277,7 @@ class MqttTransport:
         # Message Expiry is the device's deadline: past it, the answer is useless to it.
         expiry = getattr(props, "MessageExpiryInterval", None) if props else None
         deadline = time.monotonic() + float(expiry) if expiry else None
+
         request = Request(
             id=(correlation or b"").hex() or uuid.uuid4().hex,
             deadline=deadline,
@@ -293,6 +296,11 @@ class MqttTransport:
         )
         try:
             response = await self._handler(request, sink)
+            if deadline is not None and time.monotonic() >= deadline and seq == 0:
+                # Its Message Expiry passed while it waited: the device has given up on it.
+                self.expired += 1
+                log.info("dropped a request on %s: its message expiry passed", message.topic)
+                return
             answer = self._payload_of(response)
             if seq > 0:
                 # A stream ends with exactly one terminal chunk carrying the whole answer (its
