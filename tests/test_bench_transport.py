@@ -21,4 +21,11 @@ def test_bench_transport_structure() -> None:
     assert ratio == round(
         result["mqtt_echo"]["ours"]["1"]["p50_ms"] / result["mqtt_echo"]["bare"]["1"]["p50_ms"], 2
     )
+    for kind in ("bare", "ours"):
+        for level in ("1", "4"):
+            row = result["coap_echo"][kind][level]
+            assert row["rps"] > 0
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert set(result["coap_ratio_ours_to_bare"]) == {"1", "4"}
     assert "p50 ours/bare" in out.getvalue()
+    assert "CoAP" in out.getvalue()

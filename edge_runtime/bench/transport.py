@@ -1,4 +1,4 @@
-"""`bench transport`: echo requests over MQTT 5 QoS 1, edge-runtime beside a bare paho responder."""
+"""`bench transport`: echo requests over MQTT 5 and CoAP, edge-runtime beside bare responders."""
 
 from __future__ import annotations
 
@@ -116,37 +116,104 @@ def _load(port: int, requests: int, concurrency: int) -> dict[str, float]:
     }
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _coap_load(port: int, requests: int, concurrency: int) -> dict[str, float]:
+    """Confirmable POSTs to /infer with ``concurrency`` in flight; latency per request."""
+    import asyncio
+
+    import aiocoap
+
+    async def main() -> dict[str, float]:
+        context = await aiocoap.Context.create_client_context()
+        slots = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+        body = json.dumps({"prompt": "ping", "route": "echo"}).encode()
+
+        async def one() -> None:
+            async with slots:
+                message = aiocoap.Message(
+                    code=aiocoap.POST,
+                    uri=f"coap://[::1]:{port}/infer",
+                    payload=body,
+                    content_format=50,
+                )
+                started = time.perf_counter()
+                response = await context.request(message).response
+                latencies.append(time.perf_counter() - started)
+                if not response.code.is_successful():
+                    raise RuntimeError(f"CoAP answer {response.code}")
+
+        started_all = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(requests)))
+        elapsed = time.perf_counter() - started_all
+        await context.shutdown()
+        latencies.sort()
+        return {
+            "rps": round(requests / elapsed, 1),
+            "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+        }
+
+    return asyncio.run(main())
+
+
+def _serve(kind: str, port: int) -> subprocess.Popen[str]:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.bench.transport_server",
+            "--kind",
+            kind,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    if server.stdout.readline().strip() != "READY":
+        raise RuntimeError(f"the {kind} server did not start")
+    return server
+
+
+def _stop(server: subprocess.Popen[str]) -> None:
+    server.terminate()
+    server.wait(timeout=20)
+    if server.stdout is not None:
+        server.stdout.close()
+
+
 def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
     """Measure both servers at each concurrency; print a table unless ``args.json``."""
     rows: dict[str, dict[str, Any]] = {}
+    coap_rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="edge-bench-transport-") as tmp:
         broker, port = _broker(Path(tmp))
         try:
             for kind in ("bare", "ours"):
-                server = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edge_runtime.bench.transport_server",
-                        "--kind",
-                        kind,
-                        "--port",
-                        str(port),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+                server = _serve(kind, port)
                 try:
-                    assert server.stdout is not None
-                    if server.stdout.readline().strip() != "READY":
-                        raise RuntimeError(f"the {kind} server did not start")
                     _load(port, 50, 4)  # warm-up
                     rows[kind] = {str(c): _load(port, args.requests, c) for c in args.concurrency}
                 finally:
-                    server.terminate()
-                    server.wait(timeout=20)
-                    if server.stdout is not None:
-                        server.stdout.close()
+                    _stop(server)
+            for kind in ("coap-bare", "coap-ours"):
+                udp = _free_udp_port()
+                server = _serve(kind, udp)
+                try:
+                    _coap_load(udp, 50, 4)  # warm-up
+                    coap_rows[kind.removeprefix("coap-")] = {
+                        str(c): _coap_load(udp, args.requests, c) for c in args.concurrency
+                    }
+                finally:
+                    _stop(server)
         finally:
             broker.terminate()
             broker.wait(timeout=10)
@@ -157,10 +224,21 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
         }
         for c in args.concurrency
     }
+    coap_ratios = {
+        str(c): {
+            "p50": round(
+                coap_rows["ours"][str(c)]["p50_ms"] / coap_rows["bare"][str(c)]["p50_ms"], 2
+            ),
+            "rps": round(coap_rows["ours"][str(c)]["rps"] / coap_rows["bare"][str(c)]["rps"], 2),
+        }
+        for c in args.concurrency
+    }
     result = {
         "machine": describe_machine(probe(), 1),
         "mqtt_echo": rows,
         "ratio_ours_to_bare": ratios,
+        "coap_echo": coap_rows,
+        "coap_ratio_ours_to_bare": coap_ratios,
     }
     if not args.json:
         out.write(render(result) + "\n")
@@ -168,23 +246,7 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
-    """The report as a Markdown table."""
-    body = []
-    for concurrency, ratio in result["ratio_ours_to_bare"].items():
-        bare = result["mqtt_echo"]["bare"][concurrency]
-        ours = result["mqtt_echo"]["ours"][concurrency]
-        body.append(
-            [
-                concurrency,
-                f"{bare['rps']:.0f}",
-                f"{bare['p50_ms']:.2f}",
-                f"{bare['p99_ms']:.2f}",
-                f"{ours['rps']:.0f}",
-                f"{ours['p50_ms']:.2f}",
-                f"{ours['p99_ms']:.2f}",
-                times(ratio["p50"]),
-            ]
-        )
+    """The report as Markdown tables, one per transport."""
     headers = [
         "in flight",
         "bare req/s",
@@ -195,8 +257,33 @@ def render(result: dict[str, Any]) -> str:
         "ours p99 ms",
         "p50 ours/bare",
     ]
-    lines = ["MQTT 5 QoS 1, echo route, one mosquitto on loopback", ""]
-    return "\n".join(lines + markdown_table(headers, body, left=1))
+    lines: list[str] = []
+    for title, key, ratio_key in (
+        ("MQTT 5 QoS 1, echo route, one mosquitto on loopback", "mqtt_echo", "ratio_ours_to_bare"),
+        (
+            "CoAP confirmable POST /infer over UDP on loopback, echo route",
+            "coap_echo",
+            "coap_ratio_ours_to_bare",
+        ),
+    ):
+        body = []
+        for concurrency, ratio in result[ratio_key].items():
+            bare = result[key]["bare"][concurrency]
+            ours = result[key]["ours"][concurrency]
+            body.append(
+                [
+                    concurrency,
+                    f"{bare['rps']:.0f}",
+                    f"{bare['p50_ms']:.2f}",
+                    f"{bare['p99_ms']:.2f}",
+                    f"{ours['rps']:.0f}",
+                    f"{ours['p50_ms']:.2f}",
+                    f"{ours['p99_ms']:.2f}",
+                    times(ratio["p50"]),
+                ]
+            )
+        lines += [title, "", *markdown_table(headers, body, left=1), ""]
+    return "\n".join(lines).rstrip()
 
 
 def _nodelay(client: mqtt.Client) -> None:

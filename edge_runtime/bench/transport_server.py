@@ -9,13 +9,16 @@ import socket
 import threading
 from typing import Any
 
+import aiocoap
 import paho.mqtt.client as mqtt
+from aiocoap import resource
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.config import MqttSettings
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+from edge_runtime.transports.coap import CoapTransport
 from edge_runtime.transports.mqtt import MqttTransport
 
 
@@ -54,16 +57,48 @@ async def ours(port: int, ready: threading.Event, stop: threading.Event) -> None
     pipeline.close()
 
 
+async def coap_bare(port: int, ready: threading.Event, stop: threading.Event) -> None:
+    """The CoAP floor: an aiocoap resource that answers every POST with its own payload."""
+
+    class Echo(resource.Resource):  # type: ignore[misc]
+        async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+            return aiocoap.Message(payload=request.payload, content_format=50)
+
+    site = resource.Site()
+    site.add_resource(["infer"], Echo())
+    context = await aiocoap.Context.create_server_context(
+        site, bind=("::1", port), transports=["udp6"]
+    )
+    ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    await context.shutdown()
+
+
+async def coap_ours(port: int, ready: threading.Event, stop: threading.Event) -> None:
+    """edge-runtime's CoAP transport and pipeline on the echo route."""
+    pipeline = Pipeline(PipelineSettings(default_route="echo", max_concurrent=64, max_queue=1024))
+    async with CoapTransport(pipeline.handle, answer_payload, host="::1", port=port):
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+    pipeline.close()
+
+
 def main() -> None:
     """Serve until SIGTERM; print READY once subscribed."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", choices=("ours", "bare"), required=True)
+    parser.add_argument("--kind", choices=("ours", "bare", "coap-ours", "coap-bare"), required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     ready, stop = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     if args.kind == "bare":
         thread = threading.Thread(target=bare, args=(args.port, ready, stop))
+    elif args.kind == "coap-bare":
+        thread = threading.Thread(target=lambda: asyncio.run(coap_bare(args.port, ready, stop)))
+    elif args.kind == "coap-ours":
+        thread = threading.Thread(target=lambda: asyncio.run(coap_ours(args.port, ready, stop)))
     else:
         thread = threading.Thread(target=lambda: asyncio.run(ours(args.port, ready, stop)))
     thread.start()
