@@ -185,11 +185,20 @@ def test_unknown_paths_and_filters_over_coap(tiny_model: Model, tmp_path: Path) 
     from edge_runtime.filters.service import FilterService
 
     filters = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
-    guard = Path(__file__).resolve().parent.parent / "filters" / "size-guard.wasm"
-    filters.load([FilterSettings(name="size-guard", module=guard, config='{"max_bytes": 64}')])
+    shipped = Path(__file__).resolve().parent.parent / "filters"
+    router = '{"default": "direct", "rules": [{"path_prefix": "/infer", "route": "echo"}]}'
+    filters.load(
+        [
+            FilterSettings(
+                name="size-guard", module=shipped / "size-guard.wasm", config='{"max_bytes": 64}'
+            ),
+            FilterSettings(name="redact", module=shipped / "redact.wasm", config="{}"),
+            FilterSettings(name="router", module=shipped / "router.wasm", config=router),
+        ]
+    )
     port = free_udp_port()
 
-    async def main() -> tuple[str, str]:
+    async def main() -> tuple[str, str, str]:
         pipeline = Pipeline(PipelineSettings(max_new_tokens=4), model=tiny_model, filters=filters)
         try:
             async with CoapTransport(pipeline.handle, answer_payload, host="::1", port=port):
@@ -203,14 +212,26 @@ def test_unknown_paths_and_filters_over_coap(tiny_model: Model, tmp_path: Path) 
                     json.dumps({"prompt": "y" * 100}),
                     f"coap://[::1]:{port}/infer",
                 )
-                return missing, guarded
+                rewritten = await client(
+                    "-m",
+                    "post",
+                    "-t",
+                    "json",
+                    "-e",
+                    json.dumps({"prompt": "mail jane@x.org"}),
+                    f"coap://[::1]:{port}/infer",
+                )
+                return missing, guarded, rewritten
         finally:
             pipeline.close()
 
     try:
-        missing, guarded = asyncio.run(main())
+        missing, guarded, rewritten = asyncio.run(main())
     finally:
         filters.close()
     assert "4.04" in missing
     # The size-guard filter rejected it: its 413 comes out as CoAP 4.13.
     assert "4.13" in guarded
+    # redact rewrote the body and router chose the echo route.
+    answer = json.loads(rewritten.strip().splitlines()[-1])
+    assert (answer["route"], answer["text"]) == ("echo", "mail [email]")

@@ -64,7 +64,7 @@ class InferResource(resource.Resource):  # type: ignore[misc]
         )
         if answer_format not in (50, 60):
             return _error(Code.NOT_ACCEPTABLE, "answers are JSON (50) or CBOR (60)", 50)
-        inner = inner_request(request, fmt_number)
+        inner = inner_request(request, fmt_number, "infer")
         response = await self._handler(inner, None)
         return self._message(response, answer_format)
 
@@ -93,10 +93,14 @@ def check_upload(request: aiocoap.Message, max_bytes: int) -> tuple[int, aiocoap
     return fmt_number, None
 
 
-def inner_request(request: aiocoap.Message, fmt_number: int) -> Request:
-    """The protocol-free Request for a CoAP request (device id from ?device=, else the peer)."""
+def inner_request(request: aiocoap.Message, fmt_number: int, mount: str) -> Request:
+    """The protocol-free Request for a CoAP request (device id from ?device=, else the peer).
+
+    aiocoap hands a resource the request with its own path stripped: ``mount`` puts it back,
+    so filters see the path the device used.
+    """
     host = request.remote.hostinfo if request.remote is not None else ""
-    path = "/".join(request.opt.uri_path)
+    path = "/".join((mount, *request.opt.uri_path))
     query = "&".join(request.opt.uri_query)
     device = dict(q.split("=", 1) for q in request.opt.uri_query if "=" in q).get("device", host)
     return Request(
@@ -149,7 +153,7 @@ class JobsResource(resource.Resource):  # type: ignore[misc]
         job = JobResource()
         self._site.add_resource(["jobs", job_id], job)
         task = asyncio.get_running_loop().create_task(
-            self._run(job, job_id, inner_request(request, fmt_number))
+            self._run(job, job_id, inner_request(request, fmt_number, "jobs"))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
