@@ -10,7 +10,7 @@ from edge_runtime.bench.transport import TransportBenchArgs, run
 
 def test_bench_transport_structure() -> None:
     out = io.StringIO()
-    result = run(TransportBenchArgs(requests=60, concurrency=(1, 4)), out)
+    result = run(TransportBenchArgs(requests=60, concurrency=(1, 4), direct_requests=6), out)
     json.dumps(result)
     for kind in ("bare", "ours"):
         for level in ("1", "4"):
@@ -29,3 +29,4 @@ def test_bench_transport_structure() -> None:
     assert set(result["coap_ratio_ours_to_bare"]) == {"1", "4"}
     assert "p50 ours/bare" in out.getvalue()
     assert "CoAP" in out.getvalue()
+    assert all(result["mqtt_direct"][level]["rps"] > 0 for level in ("1", "4"))

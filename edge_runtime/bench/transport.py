@@ -33,6 +33,9 @@ class TransportBenchArgs:
     json: bool = False
     requests: int = 600
     concurrency: tuple[int, ...] = (1, 8, 32)
+    # The direct route runs the model: fewer requests, 16 tokens each.
+    direct_requests: int = 48
+    model_dir: Path = Path("models/glm-tiny")
 
 
 def _free_port() -> int:
@@ -61,7 +64,7 @@ def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
 
 
-def _load(port: int, requests: int, concurrency: int) -> dict[str, float]:
+def _load(port: int, requests: int, concurrency: int, route: str = "echo") -> dict[str, float]:
     """Send ``requests`` echo requests with ``concurrency`` in flight; latency per request."""
     reply_topic = f"bench/replies/{uuid.uuid4().hex}"
     sent: dict[bytes, float] = {}
@@ -90,7 +93,9 @@ def _load(port: int, requests: int, concurrency: int) -> dict[str, float]:
     client.loop_start()
     client.subscribe(reply_topic, qos=1)
     subscribed.wait(10)
-    body = json.dumps({"prompt": "ping", "route": "echo"}).encode()
+    body = json.dumps(
+        {"prompt": "What is the temperature in the kitchen?", "route": route}
+    ).encode()
     started_all = time.perf_counter()
     for index in range(requests):
         slots.acquire()
@@ -163,19 +168,11 @@ def _coap_load(port: int, requests: int, concurrency: int) -> dict[str, float]:
     return asyncio.run(main())
 
 
-def _serve(kind: str, port: int) -> subprocess.Popen[str]:
+def _serve(kind: str, port: int, model: Path | None = None) -> subprocess.Popen[str]:
+    extra = ["--model", str(model)] if model is not None else []
+    command = [sys.executable, "-m", "edge_runtime.bench.transport_server"]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge_runtime.bench.transport_server",
-            "--kind",
-            kind,
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+        [*command, "--kind", kind, "--port", str(port), *extra], stdout=subprocess.PIPE, text=True
     )
     assert server.stdout is not None
     if server.stdout.readline().strip() != "READY":
@@ -204,6 +201,15 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
                     rows[kind] = {str(c): _load(port, args.requests, c) for c in args.concurrency}
                 finally:
                     _stop(server)
+            server = _serve("ours-direct", port, args.model_dir)
+            try:
+                _load(port, 4, 1, route="direct")  # warm-up
+                direct = {
+                    str(c): _load(port, args.direct_requests, c, route="direct")
+                    for c in args.concurrency
+                }
+            finally:
+                _stop(server)
             for kind in ("coap-bare", "coap-ours"):
                 udp = _free_udp_port()
                 server = _serve(kind, udp)
@@ -238,6 +244,7 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
         "mqtt_echo": rows,
         "ratio_ours_to_bare": ratios,
         "coap_echo": coap_rows,
+        "mqtt_direct": direct,
         "coap_ratio_ours_to_bare": coap_ratios,
     }
     if not args.json:
@@ -283,6 +290,15 @@ def render(result: dict[str, Any]) -> str:
                 ]
             )
         lines += [title, "", *markdown_table(headers, body, left=1), ""]
+    direct_rows = [
+        [c, f"{row['rps']:.1f}", f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}"]
+        for c, row in result["mqtt_direct"].items()
+    ]
+    lines += [
+        "MQTT 5 QoS 1, direct route: the tiny model, 16 new tokens per answer",
+        "",
+        *markdown_table(["in flight", "req/s", "p50 ms", "p99 ms"], direct_rows, left=1),
+    ]
     return "\n".join(lines).rstrip()
 
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -17,6 +18,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.config import MqttSettings
+from edge_runtime.device import probe
+from edge_runtime.model.runtime import load_model
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
 from edge_runtime.transports.coap import CoapTransport
 from edge_runtime.transports.mqtt import MqttTransport
@@ -46,9 +49,20 @@ def bare(port: int, ready: threading.Event, stop: threading.Event) -> None:
     client.loop_stop()
 
 
-async def ours(port: int, ready: threading.Event, stop: threading.Event) -> None:
-    """edge-runtime's MQTT transport and pipeline on the echo route, no filters, no model."""
-    pipeline = Pipeline(PipelineSettings(default_route="echo", max_concurrent=64, max_queue=1024))
+async def ours(
+    port: int, ready: threading.Event, stop: threading.Event, model_dir: str | None = None
+) -> None:
+    """edge-runtime's MQTT transport and pipeline: the echo route, or direct with a model."""
+    if model_dir is None:
+        pipeline = Pipeline(
+            PipelineSettings(default_route="echo", max_concurrent=64, max_queue=1024)
+        )
+    else:
+        model = load_model(Path(model_dir), threads=probe().effective_threads)
+        pipeline = Pipeline(
+            PipelineSettings(default_route="direct", max_new_tokens=16, max_queue=1024),
+            model=model,
+        )
     settings = MqttSettings(port=port, node_id="bench-node", share_group="")
     async with MqttTransport(settings, pipeline.handle, answer_payload):
         ready.set()
@@ -88,8 +102,11 @@ async def coap_ours(port: int, ready: threading.Event, stop: threading.Event) ->
 def main() -> None:
     """Serve until SIGTERM; print READY once subscribed."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", choices=("ours", "bare", "coap-ours", "coap-bare"), required=True)
+    parser.add_argument(
+        "--kind", choices=("ours", "bare", "coap-ours", "coap-bare", "ours-direct"), required=True
+    )
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", help="model directory for ours-direct")
     args = parser.parse_args()
     ready, stop = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
@@ -99,6 +116,10 @@ def main() -> None:
         thread = threading.Thread(target=lambda: asyncio.run(coap_bare(args.port, ready, stop)))
     elif args.kind == "coap-ours":
         thread = threading.Thread(target=lambda: asyncio.run(coap_ours(args.port, ready, stop)))
+    elif args.kind == "ours-direct":
+        thread = threading.Thread(
+            target=lambda: asyncio.run(ours(args.port, ready, stop, args.model))
+        )
     else:
         thread = threading.Thread(target=lambda: asyncio.run(ours(args.port, ready, stop)))
     thread.start()
