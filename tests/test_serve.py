@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from test_coap import free_udp_port
@@ -146,3 +147,93 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, broker: int) -> None:
         check=False,
     )
     assert status.stdout.strip() == "offline"
+
+
+def test_two_daemons_share_one_workload(tmp_path: Path, broker: int) -> None:
+    daemons = []
+    for node in ("box-1", "box-2"):
+        directory = tmp_path / node
+        directory.mkdir()
+        config = config_for(directory, broker, free_udp_port())
+        config.write_text(config.read_text().replace('node_id = "box-1"', f'node_id = "{node}"'))
+        log = (directory / "daemon.log").open("w")
+        daemons.append(
+            (subprocess.Popen([str(EXE), "serve", "--config", str(config)], stderr=log), log)
+        )
+    try:
+        for node in ("box-1", "box-2"):
+            done = subprocess.run(
+                [
+                    "mosquitto_sub",
+                    "-p",
+                    str(broker),
+                    "-t",
+                    f"edge/status/{node}",
+                    "-C",
+                    "1",
+                    "-W",
+                    "60",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.stdout.strip() == "online"
+        sub = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-V",
+                "5",
+                "-p",
+                str(broker),
+                "-t",
+                "r/shared",
+                "-C",
+                "20",
+                "-W",
+                "60",
+                "-F",
+                "%P|%p",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        for index in range(20):
+            subprocess.run(
+                [
+                    "mosquitto_pub",
+                    "-V",
+                    "5",
+                    "-p",
+                    str(broker),
+                    "-q",
+                    "1",
+                    "-t",
+                    "edge/req/diag",
+                    "-m",
+                    json.dumps({"prompt": f"n{index}"}),
+                    "-D",
+                    "publish",
+                    "response-topic",
+                    "r/shared",
+                    "-D",
+                    "publish",
+                    "correlation-data",
+                    f"c{index}",
+                ],
+                check=True,
+                timeout=30,
+            )
+        out, _ = sub.communicate(timeout=90)
+    finally:
+        for daemon, log in daemons:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+            log.close()
+    answers = [line.split("|", 1) for line in out.splitlines()]
+    assert sorted(json.loads(body)["text"] for _, body in answers) == sorted(
+        f"n{i}" for i in range(20)
+    )
+    nodes = {props for props, _ in answers}
+    assert {"node:box-1", "node:box-2"} <= nodes

@@ -256,6 +256,8 @@ class MqttTransport:
             if correlation:
                 publish_props.CorrelationData = correlation
             publish_props.ContentType = CBOR if kind == CBOR else JSON
+            # Which box answered: shared subscriptions spread a device's requests over several.
+            publish_props.UserProperty = ("node", self.settings.node_id)
             if chunk is not None:
                 publish_props.UserProperty = ("seq", str(chunk.seq))
                 publish_props.UserProperty = ("type", chunk.type)
