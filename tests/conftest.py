@@ -33,23 +33,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-        f"log_dest file {tmp_path / 'mosquitto.log'}\n"
-    )
-    process = subprocess.Popen(["mosquitto", "-c", str(config)])
+def start_mosquitto(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """Run mosquitto with ``config`` and wait until it accepts connections on ``port``."""
+    process = subprocess.Popen(["mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return process
         except OSError:
             assert time.monotonic() < deadline, "mosquitto did not start"
             time.sleep(0.05)
+
+
+def mosquitto_config(directory: Path, port: int, extra: str = "") -> Path:
+    """A loopback listener for the tests (root must be allowed to read the test's files)."""
+    config = directory / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n{extra}")
+    return config
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    extra = f"persistence false\nlog_dest file {tmp_path / 'mosquitto.log'}\n"
+    process = start_mosquitto(mosquitto_config(tmp_path, port, extra), port)
     yield port
     process.terminate()
     process.wait(timeout=10)

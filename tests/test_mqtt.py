@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from conftest import free_port
+from conftest import free_port, mosquitto_config, start_mosquitto
 
 from edge_runtime.config import MqttSettings
 from edge_runtime.messages import Request, Response
@@ -438,21 +437,12 @@ def test_mutual_tls(tmp_path: Path, tiny_model: Model) -> None:
             str(d / f"{name}.crt"),
         )
     port = free_port()
-    (d / "m.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+    tls = (
         f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
         "require_certificate true\n"
     )
-    broker = subprocess.Popen(["mosquitto", "-c", str(d / "m.conf")], stderr=subprocess.DEVNULL)
+    broker = start_mosquitto(mosquitto_config(d, port, tls), port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
         settings = MqttSettings(
             port=port,
             node_id="tls-node",
@@ -512,22 +502,12 @@ def test_requests_sent_while_the_node_reconnects_are_answered(
 ) -> None:
     port = free_port()
     (tmp_path / "data").mkdir()
-    config = tmp_path / "m.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
-        f"persistence true\npersistence_location {tmp_path / 'data'}/\n"
+    config = mosquitto_config(
+        tmp_path, port, f"persistence true\npersistence_location {tmp_path / 'data'}/\n"
     )
 
     def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(["mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return process
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        return start_mosquitto(config, port)
 
     broker = start()
 
@@ -593,20 +573,7 @@ def test_publishes_stay_under_the_brokers_maximum_packet_size(
     from edge_runtime.config import MqttSettings
 
     port = free_port()
-    (tmp_path / "m.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_packet_size 512\n"
-    )
-    broker = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp_path / "m.conf")], stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    broker = start_mosquitto(mosquitto_config(tmp_path, port, "max_packet_size 512\n"), port)
     # Seed 1 makes the tiny model write 600 tokens: far more than one 512-byte packet.
     body = {
         "prompt": "What is the temperature in the kitchen?",
