@@ -38,6 +38,14 @@ async def serving(
         pipeline.close()
 
 
+def mqtt5_request(port: str, topic: str, body: str, reply: str, correlation: str) -> list[str]:
+    """mosquitto_pub arguments for one MQTT 5 QoS 1 request with a response topic."""
+    return [
+        "mosquitto_pub", "-V", "5", "-p", port, "-q", "1", "-t", topic, "-m", body,
+        "-D", "publish", "response-topic", reply, "-D", "publish", "correlation-data", correlation,
+    ]  # fmt: skip
+
+
 async def run(*argv: str, timeout: float = 20) -> str:
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -134,25 +142,9 @@ def test_streamed_answer_has_ordered_chunks_and_one_terminal(
                 "temperature": 0.8,
             }
             await run(
-                "mosquitto_pub",
-                "-V",
-                "5",
-                "-p",
-                str(broker),
-                "-q",
-                "1",
-                "-t",
-                "edge/req/sensor-1",
-                "-m",
-                json.dumps(body),
-                "-D",
-                "publish",
-                "response-topic",
-                "replies/s",
-                "-D",
-                "publish",
-                "correlation-data",
-                "s-1",
+                *mqtt5_request(
+                    str(broker), "edge/req/sensor-1", json.dumps(body), "replies/s", "s-1"
+                ),
             )
             chunks: list[dict[str, object]] = []
             assert sub.stdout is not None
@@ -316,25 +308,13 @@ def test_two_nodes_share_the_requests_and_each_is_answered_once(
                 await asyncio.sleep(0.5)
                 for index in range(20):
                     await run(
-                        "mosquitto_pub",
-                        "-V",
-                        "5",
-                        "-p",
-                        str(broker),
-                        "-q",
-                        "1",
-                        "-t",
-                        f"edge/req/dev-{index}",
-                        "-m",
-                        json.dumps({"prompt": f"n{index}", "route": "echo"}),
-                        "-D",
-                        "publish",
-                        "response-topic",
-                        "replies/shared",
-                        "-D",
-                        "publish",
-                        "correlation-data",
-                        f"k{index}",
+                        *mqtt5_request(
+                            str(broker),
+                            f"edge/req/dev-{index}",
+                            json.dumps({"prompt": f"n{index}", "route": "echo"}),
+                            "replies/shared",
+                            f"k{index}",
+                        ),
                     )
                 out, _ = await asyncio.wait_for(sub.communicate(), 40)
                 return out.decode().splitlines()
@@ -535,25 +515,13 @@ def test_requests_sent_while_the_node_reconnects_are_answered(
             # The node may not be back yet: its persistent session keeps these for it.
             for index in range(5):
                 await run(
-                    "mosquitto_pub",
-                    "-V",
-                    "5",
-                    "-p",
-                    str(port),
-                    "-q",
-                    "1",
-                    "-t",
-                    "edge/req/sensor-1",
-                    "-m",
-                    json.dumps({"prompt": f"r{index}", "route": "echo"}),
-                    "-D",
-                    "publish",
-                    "response-topic",
-                    "replies/restart",
-                    "-D",
-                    "publish",
-                    "correlation-data",
-                    f"r{index}",
+                    *mqtt5_request(
+                        str(port),
+                        "edge/req/sensor-1",
+                        json.dumps({"prompt": f"r{index}", "route": "echo"}),
+                        "replies/restart",
+                        f"r{index}",
+                    ),
                 )
             out, _ = await asyncio.wait_for(sub.communicate(), 40)
             assert transport.reconnects == 1
@@ -602,25 +570,13 @@ def test_publishes_stay_under_the_brokers_maximum_packet_size(
                 )
                 await asyncio.sleep(0.3)
                 await run(
-                    "mosquitto_pub",
-                    "-V",
-                    "5",
-                    "-p",
-                    str(port),
-                    "-q",
-                    "1",
-                    "-t",
-                    "edge/req/s1",
-                    "-m",
-                    json.dumps({**body, "stream": True}),
-                    "-D",
-                    "publish",
-                    "response-topic",
-                    "replies/p",
-                    "-D",
-                    "publish",
-                    "correlation-data",
-                    "p-1",
+                    *mqtt5_request(
+                        str(port),
+                        "edge/req/s1",
+                        json.dumps({**body, "stream": True}),
+                        "replies/p",
+                        "p-1",
+                    ),
                 )
                 lines: list[bytes] = []
                 assert sub.stdout is not None
