@@ -77,12 +77,18 @@ def media_type(content_type: str | None) -> str:
 
 def decode_request(body: bytes, content_type: str | None, *, max_bytes: int) -> InferenceRequest:
     """Parse and validate a request body; every problem is a RequestError that says what."""
-    if len(body) > max_bytes:
-        raise PayloadTooLargeError(f"body is {len(body)} bytes; the limit is {max_bytes}")
-    kind = media_type(content_type)
-    if kind == TEXT:
+    if media_type(content_type) == TEXT:
+        _check_size(body, max_bytes)
         return _validate({"prompt": _text(body)})
-    if kind == JSON:
+    data = decode_object(body, content_type, max_bytes=max_bytes)
+    return _validate(data)
+
+
+def decode_object(body: bytes, content_type: str | None, *, max_bytes: int) -> Mapping[str, Any]:
+    """A JSON or CBOR body that must be an object (requests, feedback)."""
+    _check_size(body, max_bytes)
+    kind = media_type(content_type)
+    if kind in (JSON, TEXT):
         try:
             data = json.loads(_text(body))
         except json.JSONDecodeError as exc:
@@ -95,8 +101,13 @@ def decode_request(body: bytes, content_type: str | None, *, max_bytes: int) -> 
         except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise RequestError(f"malformed CBOR: {exc}") from None
     if not isinstance(data, Mapping):
-        raise RequestError("the body must be an object with a prompt or messages")
-    return _validate(data)
+        raise RequestError("the body must be an object")
+    return data
+
+
+def _check_size(body: bytes, max_bytes: int) -> None:
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"body is {len(body)} bytes; the limit is {max_bytes}")
 
 
 def _text(body: bytes) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import ConfigError
 
@@ -143,6 +143,9 @@ class MqttSettings(_Section):
     connect_timeout_s: float = Field(10.0, gt=0)
     # Publishes waiting for the broker; past this, answers fail rather than pile up in memory.
     max_queued_messages: int = Field(1000, ge=1)
+    # Device topics whose latest value the mqtt_state tool reads (wildcards allowed).
+    state_topics: tuple[str, ...] = ()
+    max_state_entries: int = Field(10_000, ge=1)
     # TLS: the CA that signed the broker's certificate; a client certificate and key for
     # mutual TLS. Relative paths are relative to the config file.
     tls_ca: Path | None = None
@@ -168,6 +171,96 @@ class RouteSettings(_Section):
     coalesce_ms: float = Field(80.0, ge=0)
 
 
+ToolKind = Literal["mqtt_state", "sqlite", "http", "python"]
+ToolArgument = str | int | float | bool
+
+
+class ToolParameter(_Section):
+    """One argument of a tool: its type and bounds, checked before every call."""
+
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    description: str = ""
+    required: bool = True
+    default: ToolArgument | None = None
+    enum: tuple[ToolArgument, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int = Field(256, ge=1)
+
+
+class ToolSettings(_Section):
+    """One tool the orchestrator may call: its kind, arguments, and bounds."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: ToolKind
+    description: str = ""
+    parameters: dict[str, ToolParameter] = {}
+    # Rule-matched intents this tool answers; their slots become its arguments.
+    intents: tuple[str, ...] = ()
+    timeout_s: float = Field(5.0, gt=0, le=600)
+    max_output_bytes: int = Field(16 * 1024, ge=64)
+    # How long an answer that used this tool's output may be cached; 0 means never.
+    cache_ttl_s: float = Field(0.0, ge=0)
+    # How a result reads in an answer, per language ("en", "zh"): a str.format template over
+    # the arguments and the result's fields. Without one the result is shown as JSON.
+    answer: dict[str, str] = {}
+    # mqtt_state: the topic of the reading, a template over the arguments.
+    topic: str | None = None
+    max_age_s: float = Field(0.0, ge=0)
+    # sqlite: a read-only database and one named, parameterized query.
+    database: Path | None = None
+    query: str | None = None
+    max_rows: int = Field(50, ge=1)
+    # http: a URL template; its expansion must fall under orchestrator.http_allow.
+    method: Literal["GET", "POST"] = "GET"
+    url: str | None = None
+    headers: dict[str, str] = {}
+    # python: an entry point name in the "edge_runtime.tools" group, or "module:function".
+    entry_point: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ToolSettings:
+        needed = {
+            "mqtt_state": ("topic",),
+            "sqlite": ("database", "query"),
+            "http": ("url",),
+            "python": ("entry_point",),
+        }[self.kind]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} tool needs {', '.join(missing)}")
+        return self
+
+
+class OrchestratorSettings(_Section):
+    """Intents, plans, memory and feedback of the orchestrate route."""
+
+    languages: tuple[str, ...] = ("en", "zh-CN")
+    # Extra sentence templates in hassil's YAML format, one file per language.
+    templates: tuple[Path, ...] = ()
+    # Slot lists: an id and the names it is called by, in any language.
+    areas: dict[str, tuple[str, ...]] = {}
+    devices: dict[str, tuple[str, ...]] = {}
+    # Two intents whose confidence differs by less than this ask the user which one was meant.
+    ambiguity_margin: float = Field(0.05, ge=0, le=1)
+    max_tool_steps: int = Field(4, ge=1, le=32)
+    step_timeout_s: float = Field(10.0, gt=0)
+    max_new_tokens: int = Field(128, ge=1)
+    # Allowed URL prefixes for http tools, e.g. "http://192.168.1.10:8080/".
+    http_allow: tuple[str, ...] = ()
+    cache_size: int = Field(512, ge=1)
+    cache_ttl_s: float = Field(300.0, ge=0)
+    memory_turns: int = Field(8, ge=0)
+    memory_tokens: int = Field(1024, ge=0)
+    memory_ttl_s: float = Field(1800.0, gt=0)
+    max_sessions: int = Field(4096, ge=1)
+    max_facts_per_device: int = Field(1000, ge=1)
+    # Long-term memory and feedback live here (systemd's StateDirectory on a box).
+    state_dir: Path = Path("state")
+    # Ratings run 1..5; at or below this an answer is bad and leaves the cache.
+    bad_rating: int = Field(2, ge=1, le=5)
+
+
 class Settings(_Section):
     """The whole configuration of one daemon."""
 
@@ -184,6 +277,17 @@ class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     coap: CoapSettings = CoapSettings()
     routes: RouteSettings = RouteSettings()
+    enable_caching: bool = True
+    orchestrator: OrchestratorSettings = OrchestratorSettings()
+    tools: tuple[ToolSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_tools(self) -> Settings:
+        names = [tool.name for tool in self.tools]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"tool {name!r} is declared twice")
+        return self
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -261,6 +365,7 @@ _PATH_KEYS = (
     ("mqtt", "tls_ca"),
     ("mqtt", "tls_cert"),
     ("mqtt", "tls_key"),
+    ("orchestrator", "state_dir"),
 )
 _FILTER_PATH_KEYS = ("module", "config_file")
 
@@ -278,6 +383,18 @@ def _anchor_paths(combined: dict[str, Any], user: Mapping[str, Any], base: Path)
         if isinstance(table, Mapping) and key in table and isinstance(out.get(section), Mapping):
             out[section] = dict(out[section])
             out[section][key] = _anchored(table[key], base)
+    orchestrator = user.get("orchestrator")
+    if isinstance(orchestrator, Mapping) and isinstance(orchestrator.get("templates"), list):
+        out["orchestrator"] = dict(out["orchestrator"])
+        out["orchestrator"]["templates"] = [_anchored(t, base) for t in orchestrator["templates"]]
+    tools = user.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = [
+            {k: _anchored(v, base) if k == "database" else v for k, v in entry.items()}
+            if isinstance(entry, Mapping)
+            else entry
+            for entry in tools
+        ]
     filters = user.get("filters")
     if isinstance(filters, list):
         out["filters"] = [

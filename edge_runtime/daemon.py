@@ -11,7 +11,10 @@ from contextlib import AsyncExitStack
 from edge_runtime.config import Settings
 from edge_runtime.filters.service import FilterService
 from edge_runtime.model.runtime import load_model
+from edge_runtime.orchestrator.llm import ModelGenerator
+from edge_runtime.orchestrator.service import Orchestrator
 from edge_runtime.pipeline import Pipeline, PipelineSettings, answer_payload
+from edge_runtime.state import StateStore
 from edge_runtime.transports.coap import CoapTransport
 from edge_runtime.transports.mqtt import MqttTransport
 
@@ -55,13 +58,16 @@ async def serve(settings: Settings, *, threads: int) -> int:
         filters = FilterService(settings.filter_host)
         filters.load(settings.filters)
         stack.callback(filters.close)
-        pipeline = Pipeline(pipeline_settings(settings), model=model, filters=filters)
+        state = StateStore(settings.mqtt.max_state_entries)
+        orchestrator = Orchestrator.build(settings, generator=ModelGenerator(model), state=state)
+        stack.push_async_callback(orchestrator.close)
+        pipeline = Pipeline(pipeline_settings(settings), orchestrator=orchestrator, filters=filters)
         stack.callback(pipeline.close)
         poller = asyncio.create_task(_poll_filters(pipeline), name="filter-poll")
         stack.push_async_callback(_cancel, poller)
         if settings.mqtt.enabled:
             await stack.enter_async_context(
-                MqttTransport(settings.mqtt, pipeline.handle, answer_payload)
+                MqttTransport(settings.mqtt, pipeline.handle, answer_payload, state=state)
             )
         if settings.coap.enabled:
             await stack.enter_async_context(

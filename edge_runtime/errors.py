@@ -131,3 +131,16 @@ class DeadlineExceededError(EdgeRuntimeError):
 
 class GenerationCancelledError(EdgeRuntimeError):
     """A generation was cancelled by its caller."""
+
+
+class ToolError(EdgeRuntimeError):
+    """A tool call failed: bad arguments, denied, timed out, too much output, or it raised.
+
+    Inside a plan this becomes an observation, not an error answer.
+    """
+
+    status = Status.BAD_GATEWAY
+
+
+class ToolConfigError(EdgeRuntimeError):
+    """A declared tool cannot be used as configured (an entry point that does not load, ...)."""

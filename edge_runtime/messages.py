@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,7 @@ class Status(enum.IntEnum):
 
 
 Header = tuple[str, str]
+RequestKind = Literal["infer", "feedback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Request:
     device_id: str = ""
     # Monotonic clock reading after which the answer is useless to the device.
     deadline: float | None = None
+    # "feedback": a rating of an earlier answer, not a question.
+    kind: RequestKind = "infer"
 
     def header(self, name: str) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), if any."""
@@ -97,6 +101,8 @@ class Response:
     timing: Timing | None = None
     headers: tuple[Header, ...] = ()
     tool_calls: tuple[dict[str, object], ...] = field(default_factory=tuple)
+    # Route-specific parts of the answer: intents, steps, a clarification, cached.
+    details: Mapping[str, object] = field(default_factory=dict)
 
 
 ChunkType = Literal["delta", "final", "error"]

@@ -6,12 +6,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from edge_runtime.codec import JSON, InferenceRequest, decode_request, encode, media_type
+from edge_runtime.codec import (
+    JSON,
+    InferenceRequest,
+    decode_object,
+    decode_request,
+    encode,
+    media_type,
+)
 from edge_runtime.errors import (
     BusyError,
     DeadlineExceededError,
@@ -22,8 +29,9 @@ from edge_runtime.filters.chain import Exchange, FilterChain
 from edge_runtime.filters.service import FilterService
 from edge_runtime.filters.stream import HttpStream, LocalResponse, get_header
 from edge_runtime.messages import Chunk, Request, Response, Status, Timing, Usage
-from edge_runtime.model.generate import stream as stream_generation
 from edge_runtime.model.runtime import Model
+from edge_runtime.orchestrator.llm import ModelGenerator
+from edge_runtime.orchestrator.service import Ask, Orchestrator
 
 log = logging.getLogger("edge_runtime.pipeline")
 
@@ -55,12 +63,16 @@ class Pipeline:
         self,
         settings: PipelineSettings,
         *,
+        orchestrator: Orchestrator | None = None,
         model: Model | None = None,
         filters: FilterService | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
-        self._model = model
+        if orchestrator is None and model is not None:
+            # A bare model: generations and intents, no tools, nothing stored on disk.
+            orchestrator = Orchestrator.for_model(ModelGenerator(model))
+        self.orchestrator = orchestrator
         self._filters = filters
         self._clock = clock
         # Every filter callback runs on this one thread: a wasmtime store has one owner.
@@ -126,6 +138,8 @@ class Pipeline:
                     return _local(request, stream.local_response)
             content_type = _header(stream, "content-type")
             kind = media_type(content_type)
+            if request.kind == "feedback":
+                return await self._feedback(request, stream, content_type)
             body = decode_request(
                 bytes(stream.request_body), content_type, max_bytes=self.settings.max_payload_bytes
             )
@@ -139,7 +153,10 @@ class Pipeline:
                 raise DeadlineExceededError("the request expired before it was answered")
             try:
                 async with asyncio.timeout(remaining):
-                    answer = await self._route(request, body, route, sink)
+                    chain = chain_exchange[0] if chain_exchange is not None else None
+                    answer = await self._route(
+                        request, body, route, sink, deadline=deadline, chain=chain
+                    )
             except TimeoutError:
                 raise DeadlineExceededError(
                     f"no answer within {remaining:.1f} s (the request's deadline)"
@@ -218,63 +235,140 @@ class Pipeline:
             usage=answer.usage,
             timing=answer.timing,
             headers=headers,
+            tool_calls=answer.tool_calls,
+            details=answer.details,
         )
 
+    async def _feedback(
+        self, request: Request, stream: HttpStream, content_type: str | None
+    ) -> Response:
+        if self.orchestrator is None:
+            raise BusyError("feedback is not taken here", retry_after=5.0)
+        body = decode_object(
+            bytes(stream.request_body), content_type, max_bytes=self.settings.max_payload_bytes
+        )
+        outcome = await self.orchestrator.feedback(body, request.device_id)
+        return Response(id=request.id, text="recorded", route="feedback", details=outcome)
+
     async def _route(
-        self, request: Request, body: InferenceRequest, route: str, sink: ChunkSink | None
+        self,
+        request: Request,
+        body: InferenceRequest,
+        route: str,
+        sink: ChunkSink | None,
+        *,
+        deadline: float,
+        chain: FilterChain | None,
     ) -> Response:
         if route == "echo":
             text = body.prompt if body.prompt is not None else body.conversation()[-1]["content"]
             if body.stream and sink is not None:
                 await sink(Chunk(seq=0, type="delta", text=text))
             return Response(id=request.id, text=text, route="echo")
-        if self._model is None:
+        if self.orchestrator is None:
             raise BusyError("no model is loaded", retry_after=5.0)
-        # The orchestrator answers "orchestrate" once it exists; until then it is one generation.
-        return await self._generate(request, body, route, sink)
-
-    async def _generate(
-        self, request: Request, body: InferenceRequest, route: str, sink: ChunkSink | None
-    ) -> Response:
-        assert self._model is not None
-        model = self._model
-        overrides: dict[str, Any] = {
+        params: dict[str, Any] = {
             "max_new_tokens": body.max_tokens or self.settings.max_new_tokens,
-            "seed": body.seed,
         }
-        for name in ("temperature", "top_p", "top_k"):
+        for name in ("temperature", "top_p", "top_k", "seed"):
             value = getattr(body, name)
             if value is not None:
-                overrides[name] = value
-        if body.temperature is not None and body.temperature > 0:
-            overrides["do_sample"] = True
-        params = model.default_params(**overrides)
-        generation = model.chat(body.conversation(), params)
-        seq = 0
-        pending = ""
-        last_sent = self._clock()
-        async for delta in stream_generation(generation, model.executor):
-            if not (body.stream and sink is not None):
-                continue
-            pending += delta
-            now = self._clock()
-            if (
-                len(pending) >= self.settings.coalesce_chars
-                or now - last_sent >= self.settings.coalesce_seconds
-            ):
-                await sink(Chunk(seq=seq, type="delta", text=pending))
-                seq, pending, last_sent = seq + 1, "", now
-        if pending and sink is not None:
-            await sink(Chunk(seq=seq, type="delta", text=pending))
-        result = generation.result
+                params[name] = value
+        ask = Ask(
+            id=request.id,
+            device=request.device_id,
+            messages=body.conversation(),
+            params=params,
+            deadline=deadline,
+            session=body.session,
+            filters=chain.version if chain is not None else "",
+            guard=self._tool_guard(request) if self._filters is not None else None,
+        )
+        coalescer = _Coalescer(sink, self.settings, self._clock) if body.stream else None
+        answer = await self.orchestrator.answer(
+            ask, "direct" if route == "direct" else "orchestrate", coalescer
+        )
+        if coalescer is not None:
+            await coalescer.flush()
         return Response(
             id=request.id,
-            text=result.text,
+            text=answer.text,
             route=route,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            timing=result.timing,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            timing=answer.timing,
+            tool_calls=answer.tool_calls,
+            details=answer.details,
         )
+
+    def _tool_guard(
+        self, request: Request
+    ) -> Callable[[str, Mapping[str, Any]], Awaitable[str | None]]:
+        """Filters see each tool call as a request on ``tool/<name>``, and may deny it."""
+
+        async def guard(name: str, arguments: Mapping[str, Any]) -> str | None:
+            assert self._filters is not None
+            headers = [
+                (k.encode(), v.encode())
+                for k, v in request.headers
+                if k not in (":path", ":method", "content-type")
+            ]
+            headers += [
+                (b":path", f"tool/{name}".encode()),
+                (b":method", b"CALL"),
+                (b"content-type", b"application/json"),
+            ]
+            stream = HttpStream(
+                request_headers=headers,
+                request_body=bytearray(json.dumps(dict(arguments)).encode()),
+                properties={
+                    "device.id": request.device_id.encode(),
+                    "request.protocol": request.transport.encode(),
+                    "request.id": f"{request.id}/tool/{name}".encode(),
+                    "tool.name": name.encode(),
+                },
+            )
+            chain, exchange = await self._request_phase(stream)
+            try:
+                local = stream.local_response
+                if local is None:
+                    return None
+                return _local(request, local).text or f"status {local.status}"
+            finally:
+                await self._on_filter_thread(self._filters.end, chain, exchange)
+
+        return guard
+
+
+class _Coalescer:
+    """Turns deltas into stream chunks, a chunk per so many characters or so much time."""
+
+    def __init__(
+        self, sink: ChunkSink | None, settings: PipelineSettings, clock: Callable[[], float]
+    ):
+        self._sink = sink
+        self._settings = settings
+        self._clock = clock
+        self._seq = 0
+        self._pending = ""
+        self._last_sent = clock()
+
+    async def __call__(self, delta: str) -> None:
+        self._pending += delta
+        now = self._clock()
+        if (
+            len(self._pending) >= self._settings.coalesce_chars
+            or now - self._last_sent >= self._settings.coalesce_seconds
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send what has gathered."""
+        if self._pending and self._sink is not None:
+            await self._sink(Chunk(seq=self._seq, type="delta", text=self._pending))
+            self._seq += 1
+        self._pending = ""
+        self._last_sent = self._clock()
 
 
 def _header(stream: HttpStream, name: str) -> str | None:
@@ -317,17 +411,21 @@ def _error(
 
 
 def _answer_payload(answer: Response) -> dict[str, Any]:
-    """The answer body of the design: id, text, route, finish_reason, usage, timing."""
+    """The answer body of the design: id, text, route, finish_reason, usage, timing, tools."""
     payload: dict[str, Any] = {
         "id": answer.id,
         "text": answer.text,
         "route": answer.route,
         "finish_reason": answer.finish_reason,
     }
+    if answer.route not in ("echo", "feedback") and not answer.route.startswith("filter:"):
+        payload["tool_calls"] = list(answer.tool_calls)
     if answer.usage is not None:
         payload["usage"] = _usage(answer.usage)
     if answer.timing is not None:
         payload["timing"] = _timing(answer.timing, answer.usage)
+    for key, value in answer.details.items():
+        payload.setdefault(key, value)
     return payload
 
 

@@ -46,8 +46,10 @@ def _error_response(status: int, message: str, filter_name: str) -> LocalRespons
 class FilterChain:
     """An ordered set of filters; every request and response passes through all of them."""
 
-    def __init__(self, supervisors: Sequence[FilterSupervisor]):
+    def __init__(self, supervisors: Sequence[FilterSupervisor], version: str = ""):
         self.filters = list(supervisors)
+        # Names this chain's configuration and modules; answers cached under another are stale.
+        self.version = version
 
     def start(self) -> None:
         """Start every filter; the first that cannot start is raised (nothing is left running)."""

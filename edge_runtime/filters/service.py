@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -124,7 +126,11 @@ class FilterService:
             raise ConfigError("two filters share a name", key=f"filters.{duplicate}")
         policy = RestartPolicy(self.host.max_restarts, self.host.restart_window_s)
         supervisors = []
+        version = hashlib.sha256()
         for settings in filters:
+            version.update(settings.model_dump_json().encode())
+            with contextlib.suppress(OSError):
+                version.update(hashlib.sha256(Path(settings.module).read_bytes()).digest())
             spec = filter_spec(settings)
             engine = self._engine(spec.fuel > 0)
             supervisors.append(
@@ -140,7 +146,7 @@ class FilterService:
                     fast=self.host.fast_path,
                 )
             )
-        chain = FilterChain(supervisors)
+        chain = FilterChain(supervisors, version.hexdigest()[:16])
         chain.start()
         return chain
 

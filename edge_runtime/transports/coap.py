@@ -13,7 +13,7 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
 from edge_runtime.codec import CBOR, JSON, TEXT, encode
-from edge_runtime.messages import Chunk, Request, Response, Status
+from edge_runtime.messages import Chunk, Request, RequestKind, Response, Status
 from edge_runtime.transports import Handler, PayloadOf
 
 log = logging.getLogger("edge_runtime.coap")
@@ -93,7 +93,9 @@ def check_upload(request: aiocoap.Message, max_bytes: int) -> tuple[int, aiocoap
     return fmt_number, None
 
 
-def inner_request(request: aiocoap.Message, fmt_number: int, mount: str) -> Request:
+def inner_request(
+    request: aiocoap.Message, fmt_number: int, mount: str, kind: RequestKind = "infer"
+) -> Request:
     """The protocol-free Request for a CoAP request (device id from ?device=, else the peer).
 
     aiocoap hands a resource the request with its own path stripped: ``mount`` puts it back,
@@ -117,7 +119,35 @@ def inner_request(request: aiocoap.Message, fmt_number: int, mount: str) -> Requ
         ),
         body=bytes(request.payload),
         device_id=device,
+        kind=kind,
     )
+
+
+class FeedbackResource(resource.Resource):  # type: ignore[misc]
+    """POST /feedback: ``{id, rating, comment}`` about an earlier answer; 2.04 when recorded."""
+
+    rt = "edge-runtime.feedback"
+    ct = "50 60"
+
+    def __init__(self, handler: Handler, payload_of: PayloadOf, max_payload_bytes: int):
+        super().__init__()
+        self._handler = handler
+        self._payload_of = payload_of
+        self._max = max_payload_bytes
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        fmt_number, refused = check_upload(request, self._max)
+        if refused is not None:
+            return refused
+        answer_format = fmt_number if fmt_number in (50, 60) else 50
+        response = await self._handler(inner_request(request, fmt_number, "feedback", "feedback"))
+        payload = encode(self._payload_of(response), FORMATS[answer_format])
+        code = (
+            Code.CHANGED
+            if response.status < 400
+            else STATUS_CODES.get(response.status, Code.INTERNAL_SERVER_ERROR)
+        )
+        return aiocoap.Message(code=code, payload=payload, content_format=answer_format)
 
 
 class JobsResource(resource.Resource):  # type: ignore[misc]
@@ -238,6 +268,9 @@ class CoapTransport:
         )
         self._site.add_resource(["infer"], InferResource(handler, payload_of, max_payload_bytes))
         self._site.add_resource(["health"], HealthResource())
+        self._site.add_resource(
+            ["feedback"], FeedbackResource(handler, payload_of, max_payload_bytes)
+        )
         self._site.add_resource(
             ["jobs"], JobsResource(self._site, handler, payload_of, max_payload_bytes)
         )

@@ -25,7 +25,8 @@ from paho.mqtt.properties import Properties
 from edge_runtime.codec import CBOR, JSON, encode, media_type
 from edge_runtime.config import MqttSettings
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.messages import Chunk, ChunkType, Request
+from edge_runtime.messages import Chunk, ChunkType, Request, RequestKind
+from edge_runtime.state import StateStore
 from edge_runtime.transports import Handler, PayloadOf
 
 log = logging.getLogger("edge_runtime.mqtt")
@@ -34,12 +35,20 @@ log = logging.getLogger("edge_runtime.mqtt")
 class MqttTransport:
     """Subscribes to the request topics and answers each request exactly once."""
 
-    def __init__(self, settings: MqttSettings, handler: Handler, payload_of: PayloadOf):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        handler: Handler,
+        payload_of: PayloadOf,
+        *,
+        state: StateStore | None = None,
+    ):
         if not settings.node_id:
             settings = settings.model_copy(update={"node_id": socket.gethostname()})
         self.settings = settings
         self._handler = handler
         self._payload_of = payload_of
+        self._state = state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._answered: OrderedDict[str, list[tuple[str, bytes, Properties | None]]] = OrderedDict()
@@ -84,7 +93,14 @@ class MqttTransport:
     @property
     def request_filter(self) -> str:
         """The subscription: shared when a group is configured."""
-        topic = f"{self.settings.prefix}/req/+"
+        return self._shared(f"{self.settings.prefix}/req/+")
+
+    @property
+    def feedback_filter(self) -> str:
+        """Ratings of answers, on ``<prefix>/feedback/<device>``; shared like requests."""
+        return self._shared(f"{self.settings.prefix}/feedback/+")
+
+    def _shared(self, topic: str) -> str:
         group = self.settings.share_group
         return f"$share/{group}/{topic}" if group else topic
 
@@ -169,6 +185,11 @@ class MqttTransport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe on every connect: a durable session may have lost $share subscriptions.
         client.subscribe(self.request_filter, qos=1)
+        client.subscribe(self.feedback_filter, qos=1)
+        if self._state is not None:
+            # Every box keeps its own copy of device state: these are never shared.
+            for topic in self.settings.state_topics:
+                client.subscribe(topic, qos=1)
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._found)
@@ -196,6 +217,15 @@ class MqttTransport:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
+        prefix = self.settings.prefix
+        if self._state is not None and not message.topic.startswith(
+            (f"{prefix}/req/", f"{prefix}/feedback/")
+        ):
+            self._loop.call_soon_threadsafe(
+                self._state.update, message.topic, bytes(message.payload)
+            )
+            client.ack(message.mid, message.qos)
+            return
         self._loop.call_soon_threadsafe(self._spawn, message)
 
     # Event loop ------------------------------------------------------------
@@ -228,6 +258,7 @@ class MqttTransport:
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
         device = message.topic.rsplit("/", 1)[-1]
+        feedback = message.topic.startswith(f"{self.settings.prefix}/feedback/")
         user = list(getattr(props, "UserProperty", []) or []) if props else []
         content_type = getattr(props, "ContentType", None) if props else None
         headers = {k.lower(): v for k, v in user}
@@ -237,6 +268,12 @@ class MqttTransport:
             kind = media_type(headers.get("content-type"))
         except EdgeRuntimeError:
             kind = JSON
+        if response_topic is None and feedback:
+            # A rating without a Response Topic wants no answer: record it and be done.
+            await self._handler(
+                _request(message, device, headers, correlation=None, tls=self._tls, kind="feedback")
+            )
+            return
         if response_topic is None:
             # MQTT 3.1.1 convention: answers go to <prefix>/res/<device>, the id in the body.
             response_topic = f"{self.settings.prefix}/res/{device}"
@@ -280,21 +317,15 @@ class MqttTransport:
         expiry = getattr(props, "MessageExpiryInterval", None) if props else None
         deadline = time.monotonic() + float(expiry) if expiry else None
 
-        request = Request(
-            id=(correlation or b"").hex() or uuid.uuid4().hex,
+        kind_of: RequestKind = "feedback" if feedback else "infer"
+        request = _request(
+            message,
+            device,
+            headers,
+            correlation=correlation,
+            tls=self._tls,
+            kind=kind_of,
             deadline=deadline,
-            transport="mqtt",
-            method="PUBLISH",
-            path=message.topic,
-            headers=(
-                (":method", "PUBLISH"),
-                (":path", message.topic),
-                (":authority", device),
-                (":scheme", "mqtts" if self._tls else "mqtt"),
-                *headers.items(),
-            ),
-            body=bytes(message.payload),
-            device_id=device,
         )
         try:
             response = await self._handler(request, sink)
@@ -328,6 +359,35 @@ class MqttTransport:
             self._answered[key] = sent
             while len(self._answered) > self.settings.answered_cache:
                 self._answered.popitem(last=False)
+
+
+def _request(
+    message: mqtt.MQTTMessage,
+    device: str,
+    headers: dict[str, str],
+    *,
+    correlation: bytes | None,
+    tls: bool,
+    kind: RequestKind,
+    deadline: float | None = None,
+) -> Request:
+    return Request(
+        id=(correlation or b"").hex() or uuid.uuid4().hex,
+        deadline=deadline,
+        transport="mqtt",
+        method="PUBLISH",
+        path=message.topic,
+        headers=(
+            (":method", "PUBLISH"),
+            (":path", message.topic),
+            (":authority", device),
+            (":scheme", "mqtts" if tls else "mqtt"),
+            *headers.items(),
+        ),
+        body=bytes(message.payload),
+        device_id=device,
+        kind=kind,
+    )
 
 
 def _body_id(payload: bytes) -> bytes | None:

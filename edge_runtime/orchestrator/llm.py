@@ -1,0 +1,102 @@
+"""The orchestrator's view of the model: one chat generation, streamed, bounded by a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge_runtime.messages import FinishReason, Timing, Usage
+from edge_runtime.model.generate import stream
+from edge_runtime.model.runtime import Model
+
+DeltaSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """A finished (or cut short) generation."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage | None = None
+    timing: Timing | None = None
+
+
+class Generator(Protocol):
+    """Answers a conversation; the orchestrator's only way to the model."""
+
+    @property
+    def identity(self) -> str:
+        """What identifies the model's answers (its hash), for cache keys."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes."""
+        ...
+
+    async def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        params: Mapping[str, Any],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        on_delta: DeltaSink | None = None,
+        deadline: float | None = None,
+    ) -> Generated:
+        """Generate the assistant's next turn."""
+        ...
+
+
+class ModelGenerator:
+    """A Generator over a loaded Model, run on the model's own thread."""
+
+    def __init__(self, model: Model, clock: Callable[[], float] = time.monotonic):
+        self.model = model
+        self._clock = clock
+        manifest = model.directory / "manifest.json"
+        source = manifest if manifest.is_file() else model.graph
+        digest = hashlib.sha256(source.read_bytes() if source.stat().st_size < 1 << 20 else b"")
+        digest.update(str(model.graph.stat().st_size).encode())
+        self._identity = digest.hexdigest()[:16]
+
+    @property
+    def identity(self) -> str:
+        """A hash of the model's manifest: a new export changes it."""
+        return self._identity
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes with this model's tokenizer."""
+        return len(self.model.tokenizer.encode(text))
+
+    async def __call__(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        params: Mapping[str, Any],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        on_delta: DeltaSink | None = None,
+        deadline: float | None = None,
+    ) -> Generated:
+        """Generate; at the deadline the generation stops and what was written is kept."""
+        overrides = dict(params)
+        if overrides.get("temperature") and "do_sample" not in overrides:
+            overrides["do_sample"] = True
+        generation = self.model.chat(
+            list(messages), self.model.default_params(**overrides), tools=tools
+        )
+        text: list[str] = []
+        remaining = None if deadline is None else max(0.0, deadline - self._clock())
+        try:
+            async with asyncio.timeout(remaining):
+                async for delta in stream(generation, self.model.executor):
+                    text.append(delta)
+                    if on_delta is not None:
+                        await on_delta(delta)
+        except TimeoutError:
+            return Generated("".join(text), "length")
+        result = generation.result
+        return Generated(result.text, result.finish_reason, result.usage, result.timing)

@@ -1,0 +1,270 @@
+"""Runs a plan: independent steps at once, each under its own timeout, failures as observations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator
+from edge_runtime.orchestrator.memory import LongTermMemory
+from edge_runtime.orchestrator.planner import Plan, Step
+from edge_runtime.orchestrator.toolcall import BadCall, ParsedCall, parse_output
+from edge_runtime.orchestrator.tools import ToolCall, ToolGateway, ToolGuard
+
+# Time kept back from tool steps for the model steps that read their results.
+_MODEL_SHARE = 0.5
+_SYSTEM = {
+    "en": "You are an assistant on an edge device. Answer briefly, using the tool results given.",
+    "zh": "你是一个运行在边缘设备上的助手。请简洁地回答，并使用给出的工具结果。",
+}
+
+
+@dataclass
+class StepResult:
+    """What one step produced; ``error`` set means it failed and the answer says so."""
+
+    step: Step
+    text: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    error: str | None = None
+    generated: Generated | None = None
+    duration_s: float = 0.0
+    # Deltas of a model step, for streaming, closed with None.
+    deltas: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A started plan: each step's result (filled in as it runs) and its task."""
+
+    results: dict[str, StepResult]
+    tasks: dict[str, asyncio.Task[StepResult]]
+
+    def cancel(self) -> None:
+        """Stop every step still running."""
+        for task in self.tasks.values():
+            task.cancel()
+
+
+@dataclass
+class RunContext:
+    """Everything a plan's steps need besides the plan."""
+
+    device: str
+    message: str
+    history: Sequence[Mapping[str, str]]
+    params: Mapping[str, Any]
+    deadline: float
+    guard: ToolGuard | None = None
+
+
+@dataclass
+class PlanRunner:
+    """Executes plans against the tools, the notes and the model."""
+
+    tools: ToolGateway
+    generate: Generator | None
+    notes: LongTermMemory | None
+    step_timeout_s: float = 10.0
+    max_tool_steps: int = 4
+    clock: Callable[[], float] = time.monotonic
+    # Formats a tool result for the model's context and the answer; set by the orchestrator.
+    describe: Callable[[ToolCall, str], str] = field(
+        default=lambda call, _lang: json.dumps(call.observation(), ensure_ascii=False)
+    )
+
+    def start(self, plan: Plan, ctx: RunContext) -> Run:
+        """Start every step; each waits for its dependencies itself. Tasks never raise."""
+        tasks: dict[str, asyncio.Task[StepResult]] = {}
+        results: dict[str, StepResult] = {s.id: StepResult(s) for s in plan.steps}
+        has_model = any(s.kind in ("generate", "agent") for s in plan.steps)
+        for step in plan.steps:
+            deps = [tasks[d] for d in step.depends_on]
+            tasks[step.id] = asyncio.ensure_future(
+                self._run(results[step.id], deps, plan, ctx, has_model)
+            )
+        return Run(results, tasks)
+
+    async def _run(
+        self,
+        result: StepResult,
+        deps: Sequence[asyncio.Task[StepResult]],
+        plan: Plan,
+        ctx: RunContext,
+        has_model: bool,
+    ) -> StepResult:
+        inputs = [await d for d in deps]
+        started = self.clock()
+        step = result.step
+        try:
+            remaining = ctx.deadline - started
+            if step.kind in ("generate", "agent"):
+                limit = remaining
+            else:
+                # Tools give up early enough for the model steps after them to still answer.
+                share = remaining * (1 - _MODEL_SHARE) if has_model else remaining
+                limit = min(self.step_timeout_s, share)
+            async with asyncio.timeout(max(limit, 0.0)):
+                await self._step(result, inputs, plan, ctx, started + limit)
+        except TimeoutError:
+            result.error = f"step {step.id} did not finish within {max(limit, 0.0):.1f} s"
+        except Exception as exc:  # a step's failure is an observation, never a crash
+            result.error = f"step {step.id} failed: {type(exc).__name__}: {exc}"
+        finally:
+            result.duration_s = self.clock() - started
+            result.deltas.put_nowait(None)
+        return result
+
+    async def _step(
+        self,
+        result: StepResult,
+        inputs: Sequence[StepResult],
+        plan: Plan,
+        ctx: RunContext,
+        deadline: float,
+    ) -> None:
+        step = result.step
+        if step.kind == "tool":
+            assert step.tool is not None
+            call = await self.tools.call(
+                step.tool, step.arguments, guard=ctx.guard, timeout=deadline - self.clock()
+            )
+            result.calls.append(call)
+            result.error = call.error
+            result.text = self.describe(call, plan.language)
+        elif step.kind == "note_add":
+            if self.notes is None:
+                raise RuntimeError("long-term memory is off")
+            note = str(step.arguments["note"])
+            await asyncio.to_thread(self.notes.add, ctx.device, note)
+            result.text = note
+        elif step.kind == "note_search":
+            if self.notes is None:
+                raise RuntimeError("long-term memory is off")
+            query = str(step.arguments.get("query", ""))
+            found = await asyncio.to_thread(self.notes.search, ctx.device, query)
+            result.text = "\n".join(f.text for f in found)
+        elif step.kind == "generate":
+            await self._generate(result, inputs, plan, ctx, deadline)
+        else:
+            await self._agent(result, plan, ctx, deadline)
+
+    def _model(self) -> Generator:
+        if self.generate is None:
+            raise RuntimeError("no model is loaded")
+        return self.generate
+
+    async def _generate(
+        self,
+        result: StepResult,
+        inputs: Sequence[StepResult],
+        plan: Plan,
+        ctx: RunContext,
+        deadline: float,
+    ) -> None:
+        """A model step: its instruction, with the results it depends on as observations."""
+        lang = "zh" if plan.language.startswith("zh") else "en"
+        messages: list[dict[str, Any]] = [{"role": "system", "content": _SYSTEM[lang]}]
+        messages.extend(dict(m) for m in ctx.history)
+        messages.append({"role": "user", "content": result.step.instruction})
+        for done in inputs:
+            for call in done.calls:
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"name": call.name, "arguments": dict(call.arguments)}],
+                    }
+                )
+                messages.append({"role": "tool", "content": self.describe(call, plan.language)})
+            if done.step.kind in ("note_add", "note_search") and done.text:
+                messages.append({"role": "tool", "content": done.text})
+        generated = await self._model()(
+            messages, params=ctx.params, on_delta=result.deltas.put, deadline=deadline
+        )
+        result.generated = generated
+        result.text = generated.text
+
+    async def _agent(
+        self, result: StepResult, plan: Plan, ctx: RunContext, deadline: float
+    ) -> None:
+        """The model with the tool list: call, observe, continue, at most max_tool_steps calls."""
+        generate = self._model()
+        schemas = self.tools.schemas()
+        names = set(self.tools.tools)
+        messages: list[dict[str, Any]] = [dict(m) for m in ctx.history]
+        messages.append({"role": "user", "content": ctx.message})
+        for _ in range(self.max_tool_steps + 1):
+            sink = _PlainTextSink(result.deltas.put)
+            generated = await generate(
+                messages,
+                params=ctx.params,
+                tools=schemas or None,
+                on_delta=sink,
+                deadline=deadline,
+            )
+            result.generated = generated
+            output = parse_output(generated.text, names)
+            if isinstance(output, ParsedCall):
+                call = await self.tools.call(
+                    output.name,
+                    output.arguments,
+                    guard=ctx.guard,
+                    timeout=min(self.step_timeout_s, deadline - self.clock()),
+                )
+                result.calls.append(call)
+                observation = json.dumps(call.observation(), ensure_ascii=False)
+            elif isinstance(output, BadCall):
+                observation = json.dumps({"error": output.reason}, ensure_ascii=False)
+            else:
+                await sink.release()
+                result.text = output.text
+                return
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"name": output.name, "arguments": dict(getattr(output, "arguments", {}))}
+                    ],
+                }
+            )
+            messages.append({"role": "tool", "content": observation})
+        result.error = f"stopped after {self.max_tool_steps} tool calls without an answer"
+
+
+class _PlainTextSink:
+    """Holds deltas back until the first line shows the turn is text, not a tool call."""
+
+    def __init__(self, forward: Callable[[str], Awaitable[None]]):
+        self._forward: DeltaSink = forward
+        self._held = ""
+        self._mode: str | None = None
+
+    async def __call__(self, delta: str) -> None:
+        if self._mode == "text":
+            await self._forward(delta)
+            return
+        self._held += delta
+        if self._mode == "call":
+            return
+        if "\n" in self._held:
+            head, _, rest = self._held.partition("\n")
+            if head.strip():
+                # A named first line may be a call; stream nothing until the turn is parsed.
+                self._mode = "call"
+            else:
+                self._mode = "text"
+                self._held = ""
+                if rest:
+                    await self._forward(rest)
+
+    async def release(self) -> None:
+        """The turn was text after all: send what was held back."""
+        if self._mode != "text" and self._held.strip():
+            await self._forward(self._held.strip())
+        self._held = ""
