@@ -133,7 +133,7 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, broker: int) -> None:
         assert coap.stdout.strip(), coap.stderr
         coap_answer = json.loads(coap.stdout.strip().splitlines()[-1])
         # The router's default decides the route; a short answer fits one CoAP message.
-        assert coap_answer["route"] == "direct"
+        assert coap_answer["route"] == "orchestrate"
         assert coap_answer["usage"]["completion_tokens"] <= 4
     finally:
         daemon.send_signal(signal.SIGTERM)

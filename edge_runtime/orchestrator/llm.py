@@ -100,3 +100,19 @@ class ModelGenerator:
             return Generated("".join(text), "length")
         result = generation.result
         return Generated(result.text, result.finish_reason, result.usage, result.timing)
+
+
+def trim_start(sink: DeltaSink) -> DeltaSink:
+    """A sink that drops the whitespace a GLM turn starts with ("\\n" before a plain answer)."""
+    started = False
+
+    async def forward(delta: str) -> None:
+        nonlocal started
+        if not started:
+            delta = delta.lstrip()
+            if not delta:
+                return
+            started = True
+        await sink(delta)
+
+    return forward

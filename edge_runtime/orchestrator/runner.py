@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator
+from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator, trim_start
 from edge_runtime.orchestrator.memory import LongTermMemory
 from edge_runtime.orchestrator.planner import Plan, Step
-from edge_runtime.orchestrator.toolcall import BadCall, ParsedCall, parse_output
+from edge_runtime.orchestrator.toolcall import ParsedCall, PlainText, parse_output
 from edge_runtime.orchestrator.tools import ToolCall, ToolGateway, ToolGuard
 
 # Time kept back from tool steps for the model steps that read their results.
@@ -111,10 +111,15 @@ class PlanRunner:
             async with asyncio.timeout(max(limit, 0.0)):
                 await self._step(result, inputs, plan, ctx, started + limit)
         except TimeoutError:
-            result.error = f"step {step.id} did not finish within {max(limit, 0.0):.1f} s"
+            result.error = f"no answer within {max(limit, 0.0):.1f} s"
         except Exception as exc:  # a step's failure is an observation, never a crash
-            result.error = f"step {step.id} failed: {type(exc).__name__}: {exc}"
+            result.error = f"{type(exc).__name__}: {exc}"
         finally:
+            if result.error is not None and step.kind == "tool" and not result.calls:
+                # A tool step cut short still shows as a failed call, to the model and device.
+                call = ToolCall(step.tool or "", step.arguments, error=result.error)
+                result.calls.append(call)
+                result.text = self.describe(call, plan.language)
             result.duration_s = self.clock() - started
             result.deltas.put_nowait(None)
         return result
@@ -180,14 +185,15 @@ class PlanRunner:
                         "tool_calls": [{"name": call.name, "arguments": dict(call.arguments)}],
                     }
                 )
-                messages.append({"role": "tool", "content": self.describe(call, plan.language)})
+                observation = json.dumps(call.observation(), ensure_ascii=False)
+                messages.append({"role": "tool", "content": observation})
             if done.step.kind in ("note_add", "note_search") and done.text:
                 messages.append({"role": "tool", "content": done.text})
         generated = await self._model()(
-            messages, params=ctx.params, on_delta=result.deltas.put, deadline=deadline
+            messages, params=ctx.params, on_delta=trim_start(result.deltas.put), deadline=deadline
         )
         result.generated = generated
-        result.text = generated.text
+        result.text = generated.text.strip()
 
     async def _agent(
         self, result: StepResult, plan: Plan, ctx: RunContext, deadline: float
@@ -198,7 +204,7 @@ class PlanRunner:
         names = set(self.tools.tools)
         messages: list[dict[str, Any]] = [dict(m) for m in ctx.history]
         messages.append({"role": "user", "content": ctx.message})
-        for _ in range(self.max_tool_steps + 1):
+        while True:
             sink = _PlainTextSink(result.deltas.put)
             generated = await generate(
                 messages,
@@ -209,6 +215,9 @@ class PlanRunner:
             )
             result.generated = generated
             output = parse_output(generated.text, names)
+            if not isinstance(output, PlainText) and len(result.calls) >= self.max_tool_steps:
+                result.error = f"stopped after {self.max_tool_steps} tool calls without an answer"
+                return
             if isinstance(output, ParsedCall):
                 call = await self.tools.call(
                     output.name,
@@ -218,12 +227,12 @@ class PlanRunner:
                 )
                 result.calls.append(call)
                 observation = json.dumps(call.observation(), ensure_ascii=False)
-            elif isinstance(output, BadCall):
-                observation = json.dumps({"error": output.reason}, ensure_ascii=False)
-            else:
+            elif isinstance(output, PlainText):
                 await sink.release()
                 result.text = output.text
                 return
+            else:
+                observation = json.dumps({"error": output.reason}, ensure_ascii=False)
             messages.append(
                 {
                     "role": "assistant",
@@ -234,7 +243,6 @@ class PlanRunner:
                 }
             )
             messages.append({"role": "tool", "content": observation})
-        result.error = f"stopped after {self.max_tool_steps} tool calls without an answer"
 
 
 class _PlainTextSink:

@@ -20,7 +20,7 @@ from edge_runtime.orchestrator.feedback import (
     parse_rating,
 )
 from edge_runtime.orchestrator.intent import Clarification, IntentParser, Parse
-from edge_runtime.orchestrator.llm import DeltaSink, Generator
+from edge_runtime.orchestrator.llm import DeltaSink, Generator, trim_start
 from edge_runtime.orchestrator.memory import LongTermMemory, ShortTermMemory
 from edge_runtime.orchestrator.planner import Plan, plan
 from edge_runtime.orchestrator.runner import PlanRunner, Run, RunContext, StepResult
@@ -248,11 +248,13 @@ class Orchestrator:
         if self.generator is None:
             raise RequestError("no model is loaded")
         generated = await self.generator(
-            conversation, params=ask.params, on_delta=sink, deadline=None
+            conversation,
+            params=ask.params,
+            on_delta=trim_start(sink) if sink is not None else None,
+            deadline=None,
         )
-        return _Outcome(
-            Answer(generated.text, generated.finish_reason, generated.usage, generated.timing)
-        )
+        text = generated.text.lstrip()
+        return _Outcome(Answer(text, generated.finish_reason, generated.usage, generated.timing))
 
     async def _orchestrate(
         self,

@@ -77,10 +77,12 @@ def arguments_model(name: str, parameters: Mapping[str, ToolParameter]) -> type[
             constraints["ge"] = spec.minimum
         if spec.maximum is not None:
             constraints["le"] = spec.maximum
-        if spec.required and spec.default is None:
+        if spec.default is not None:
+            fields[key] = (kind, Field(spec.default, **constraints))
+        elif spec.required:
             fields[key] = (kind, Field(..., **constraints))
         else:
-            fields[key] = (kind | None, Field(spec.default, **constraints))
+            fields[key] = (kind | None, Field(None, **constraints))
     config = ConfigDict(extra="forbid", frozen=True)
     model: type[BaseModel] = create_model(f"{name}_arguments", __config__=config, **fields)
     return model
@@ -238,7 +240,8 @@ class HttpTool(Tool):
             raise ToolError(f"{self.name}: {url} did not answer in {timeout:.1f} s") from None
         except httpx.HTTPError as exc:
             raise ToolError(f"{self.name}: {url}: {exc}") from None
-        if status >= 400:
+        if status >= 300:
+            # Redirects are not followed: they could lead off the allow-list.
             raise ToolError(f"{self.name}: {url} answered HTTP {status}")
         text = bytes(data).decode("utf-8", "replace")
         if "json" in kind or text.lstrip().startswith(("{", "[")):
@@ -406,7 +409,7 @@ class ToolGateway:
 
 def _capped(name: str, output: Any, cap: int) -> Any:
     try:
-        encoded = json.dumps(output, ensure_ascii=False, default=str)
+        encoded = json.dumps(output, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ToolError(f"{name}: output is not JSON: {exc}") from None
     size = len(encoded.encode())

@@ -1,0 +1,260 @@
+"""The tool gateway: argument schemas, the kinds of tool, allow-lists, timeouts and size caps."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from weather import weather_service
+
+from edge_runtime.config import ToolSettings
+from edge_runtime.errors import ToolConfigError
+from edge_runtime.orchestrator.tools import ToolGateway
+from edge_runtime.state import StateStore
+
+
+def tool(**fields: Any) -> ToolSettings:
+    return ToolSettings.model_validate(fields)
+
+
+WEATHER = {
+    "name": "weather",
+    "kind": "http",
+    "parameters": {
+        "city": {"description": "city"},
+        "date": {"enum": ["today", "tomorrow"], "default": "today"},
+    },
+}
+
+
+def call(gateway: ToolGateway, name: str, args: dict[str, Any], **kw: Any) -> Any:
+    async def main() -> Any:
+        try:
+            return await gateway.call(name, args, **kw)
+        finally:
+            await gateway.close()
+
+    return asyncio.run(main())
+
+
+def test_http_tool_calls_the_real_service() -> None:
+    with weather_service() as port:
+        spec = tool(**WEATHER, url=f"http://127.0.0.1:{port}/weather?city={{city}}&date={{date}}")
+        gateway = ToolGateway.build([spec], http_allow=[f"http://127.0.0.1:{port}/"])
+        done = call(gateway, "weather", {"city": "São Paulo & Co", "date": "tomorrow"})
+    assert done.ok, done.error
+    # Arguments are URL-quoted: the city arrives whole, "&" included.
+    assert done.output["city"] == "São Paulo & Co"
+    assert done.output["date"] == "tomorrow"
+    assert isinstance(done.output["high_c"], int)
+
+
+def test_defaults_fill_in_and_bad_arguments_never_reach_the_tool() -> None:
+    spec = tool(**WEATHER, url="http://127.0.0.1:9/weather?city={city}&date={date}")
+    gateway = ToolGateway.build([spec], http_allow=["http://127.0.0.1:9/"])
+    weather = gateway.tools["weather"]
+    assert weather.validate({"city": "Oslo"}) == {"city": "Oslo", "date": "today"}
+    for bad, message in [
+        ({}, "city: Field required"),
+        ({"city": "Oslo", "date": "next week"}, "date"),
+        ({"city": "Oslo", "units": "F"}, "units: Extra inputs"),
+        ({"city": "x" * 300}, "city: String should have at most 256"),
+        ({"city": ["Oslo"]}, "city: Input should be a valid string"),
+    ]:
+        done = call(ToolGateway.build([spec], http_allow=["http://127.0.0.1:9/"]), "weather", bad)
+        assert not done.ok
+        assert message in (done.error or ""), done.error
+
+
+def test_the_schema_the_model_sees() -> None:
+    spec = tool(**WEATHER, description="Forecast", url="http://h/w?c={city}")
+    schema = ToolGateway.build([spec], http_allow=["http://h/"]).schemas()[0]
+    assert schema["name"] == "weather" and schema["description"] == "Forecast"
+    props = schema["parameters"]["properties"]
+    assert props["city"]["type"] == "string"
+    assert props["date"]["enum"] == ["today", "tomorrow"]
+    assert schema["parameters"]["required"] == ["city"]
+
+
+def test_http_urls_must_stay_under_the_allow_list() -> None:
+    with pytest.raises(ToolConfigError, match="http_allow"):
+        ToolGateway.build([tool(**WEATHER, url="http://evil.example/w?c={city}")],
+                          http_allow=["http://127.0.0.1:8081/"])
+    # An argument may not choose the host.
+    with pytest.raises(ToolConfigError, match="http_allow"):
+        ToolGateway.build([tool(**WEATHER, url="http://{city}/w")], http_allow=["http://"])
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/hang"):
+            time.sleep(1.5)
+        if self.path.startswith("/big"):
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                for _ in range(160):  # 10 MiB
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+            return
+        if self.path.startswith("/fail"):
+            self.send_response(503)
+            self.end_headers()
+            return
+        self.send_response(302)
+        self.send_header("location", "http://evil.example/")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    # Not daemon threads: server_close() waits for handlers, so no socket outlives the test.
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("hang", "0.5 s"),
+        ("big", "answer is over 65536 bytes"),
+        ("fail", "answered HTTP 503"),
+        ("redirect", "answered HTTP 302"),
+    ],
+)
+def test_http_failures_are_tool_errors(misbehaving: int, path: str, message: str) -> None:
+    spec = tool(name="t", kind="http", url=f"http://127.0.0.1:{misbehaving}/{path}",
+                timeout_s=0.5, max_output_bytes=65536)
+    gateway = ToolGateway.build([spec], http_allow=[f"http://127.0.0.1:{misbehaving}/"])
+    done = call(gateway, "t", {})
+    assert not done.ok
+    assert message in (done.error or "")
+
+
+def test_mqtt_state_reads_the_latest_value() -> None:
+    now = [100.0]
+    state = StateStore(clock=lambda: now[0])
+    spec = tool(name="temp", kind="mqtt_state", topic="sensors/{area}/temperature",
+                max_age_s=60, parameters={"area": {}})
+    gateway = ToolGateway.build([spec], state=state)
+    assert "no reading on sensors/kitchen/temperature" in (
+        call(gateway, "temp", {"area": "kitchen"}).error or "")
+    state.update("sensors/kitchen/temperature", b'{"celsius": 21.5}')
+    now[0] += 5
+    done = call(ToolGateway.build([spec], state=state), "temp", {"area": "kitchen"})
+    assert done.output == {"topic": "sensors/kitchen/temperature",
+                           "value": {"celsius": 21.5}, "age_s": 5.0}
+    now[0] += 120
+    stale = call(ToolGateway.build([spec], state=state), "temp", {"area": "kitchen"})
+    assert "125 s old" in (stale.error or "")
+    # An argument may not reach another topic.
+    sneaky = call(ToolGateway.build([spec], state=state), "temp", {"area": "+/../#"})
+    assert "may not contain" in (sneaky.error or "")
+
+
+@pytest.fixture
+def plants(tmp_path: Path) -> Path:
+    path = tmp_path / "plants.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE plants (name TEXT, room TEXT, water_every_days INTEGER)")
+        db.executemany(
+            "INSERT INTO plants VALUES (?, ?, ?)",
+            [("fern", "kitchen", 3), ("cactus", "kitchen", 21), ("ivy", "bedroom", 7)],
+        )
+    return path
+
+
+def test_sqlite_runs_its_named_query_read_only(plants: Path) -> None:
+    spec = tool(name="plants", kind="sqlite", database=plants, max_rows=5,
+                query="SELECT name, water_every_days FROM plants WHERE room = :room ORDER BY name",
+                parameters={"room": {}})
+    done = call(ToolGateway.build([spec]), "plants", {"room": "kitchen"})
+    assert done.output == [{"name": "cactus", "water_every_days": 21},
+                           {"name": "fern", "water_every_days": 3}]
+    writer = tool(name="w", kind="sqlite", database=plants, query="DELETE FROM plants")
+    refused = call(ToolGateway.build([writer]), "w", {})
+    assert not refused.ok and "readonly" in (refused.error or "").replace("-", "")
+    with sqlite3.connect(plants) as db:
+        assert db.execute("SELECT count(*) FROM plants").fetchone()[0] == 3
+
+
+def test_sqlite_queries_are_checked_when_loaded(plants: Path) -> None:
+    with pytest.raises(ToolConfigError, match="undeclared parameters room"):
+        ToolGateway.build([tool(name="p", kind="sqlite", database=plants,
+                                query="SELECT * FROM plants WHERE room = :room")])
+    with pytest.raises(ToolConfigError, match="one statement"):
+        ToolGateway.build([tool(name="p", kind="sqlite", database=plants,
+                                query="SELECT 1; DROP TABLE plants")])
+
+
+def test_a_runaway_query_stops_at_its_timeout(plants: Path) -> None:
+    endless = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+               "SELECT count(*) FROM n")
+    spec = tool(name="slow", kind="sqlite", database=plants, query=endless, timeout_s=0.3)
+    done = call(ToolGateway.build([spec]), "slow", {})
+    assert not done.ok and ("timeout" in (done.error or "") or "0.3 s" in (done.error or ""))
+
+
+def test_python_tools_by_entry_point_and_by_path() -> None:
+    by_name = tool(name="now", kind="python", entry_point="now")
+    done = call(ToolGateway.build([by_name]), "now", {})
+    assert set(done.output) == {"date", "time", "weekday", "timezone"}
+    by_path = tool(name="echo", kind="python", entry_point="tool_functions:echo",
+                   parameters={"text": {}})
+    done = call(ToolGateway.build([by_path]), "echo", {"text": "hi"})
+    assert done.output == {"echo": "hi"}
+    with pytest.raises(ToolConfigError, match="no entry point 'nope'"):
+        ToolGateway.build([tool(name="x", kind="python", entry_point="nope")])
+    with pytest.raises(ToolConfigError, match="does not load"):
+        ToolGateway.build([tool(name="x", kind="python", entry_point="no_such_module:f")])
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("hangs", "no answer within 0.3 s"),
+        ("huge", "over the cap of 4096"),
+        ("raises", "RuntimeError: sensor bus is down"),
+        ("not_json", "output is not JSON"),
+        ("async_hangs", "no answer within 0.3 s"),
+    ],
+)
+def test_misbehaving_python_tools_are_tool_errors(function: str, message: str) -> None:
+    spec = tool(name="bad", kind="python", entry_point=f"tool_functions:{function}",
+                timeout_s=0.3, max_output_bytes=4096)
+    done = call(ToolGateway.build([spec]), "bad", {})
+    assert not done.ok
+    assert message in (done.error or ""), done.error
+
+
+def test_unknown_tools_and_denials() -> None:
+    spec = tool(name="echo", kind="python", entry_point="tool_functions:echo",
+                parameters={"text": {}})
+    assert "unknown tool 'nope'" in (call(ToolGateway.build([spec]), "nope", {}).error or "")
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def guard(name: str, args: Any) -> str | None:
+        seen.append((name, dict(args)))
+        return "not on weekends"
+
+    done = call(ToolGateway.build([spec]), "echo", {"text": "hi"}, guard=guard)
+    assert done.error == "echo: denied: not on weekends"
+    assert seen == [("echo", {"text": "hi"})]
