@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="what this box is and whether the model loads")
     _config_arg(doctor)
 
+    feedback = commands.add_parser("feedback", help="ratings devices gave to answers")
+    feedback_commands = feedback.add_subparsers(
+        dest="feedback_command", required=True, metavar="COMMAND"
+    )
+    export_pairs = feedback_commands.add_parser(
+        "export", help="(request, answer, rating) pairs as JSON lines, for fine-tuning"
+    )
+    _config_arg(export_pairs)
+    export_pairs.add_argument("--out", type=Path, help="write here instead of stdout")
+    export_pairs.add_argument("--min-rating", type=int, default=1, choices=range(1, 6))
+    export_pairs.add_argument("--max-rating", type=int, default=5, choices=range(1, 6))
+
     check = commands.add_parser("check-config", help="validate a config, print it resolved")
     check.add_argument("file", type=Path)
 
@@ -194,9 +206,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "feedback":
+        return _feedback_export(args)
     if args.command == "filters":
         return _filters(args)
     raise AssertionError(args.command)
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    from edge_runtime.config import load_settings
+    from edge_runtime.orchestrator.feedback import FeedbackStore
+
+    config = args.config or default_config()
+    settings = load_settings(config)
+    path = settings.orchestrator.state_dir / "feedback.db"
+    if not path.is_file():
+        print(f"edge-runtime: no feedback recorded yet ({path})", file=sys.stderr)
+        return 1
+    store = FeedbackStore(path)
+    try:
+        bounds = {"min_rating": args.min_rating, "max_rating": args.max_rating}
+        if args.out is None:
+            count = store.export(sys.stdout, **bounds)
+        else:
+            with args.out.open("w", encoding="utf-8") as out:
+                count = store.export(out, **bounds)
+    finally:
+        store.close()
+    print(f"# {count} pair(s) exported", file=sys.stderr)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

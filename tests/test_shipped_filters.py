@@ -144,6 +144,14 @@ def test_redact(service: FilterService) -> None:
     assert json.loads(bytes(stream.response_body))["text"] == "Call [phone] now"
 
 
+def test_redact_leaves_digits_inside_words(service: FilterService) -> None:
+    # Answer ids are hex: a run of digits inside one is not a phone number.
+    service.load([settings("redact", {})])
+    body = json.dumps({"id": "2bc790015ac74c52afa7f0123456e46b", "note": "x5551234567 9876543x"})
+    stream = exchange(service, body=body)
+    assert json.loads(bytes(stream.request_body)) == json.loads(body)
+
+
 def test_full_chain(service: FilterService) -> None:
     service.load(
         [

@@ -97,7 +97,8 @@ class ModelGenerator:
                     if on_delta is not None:
                         await on_delta(delta)
         except TimeoutError:
-            return Generated("".join(text), "length")
+            # Cut by the deadline, not by max_new_tokens: "cancelled", and never cached.
+            return Generated("".join(text), "cancelled")
         result = generation.result
         return Generated(result.text, result.finish_reason, result.usage, result.timing)
 

@@ -226,7 +226,7 @@ class Orchestrator:
         else:
             outcome = await self._orchestrate(ask, message, history, pending, sink)
         answer = outcome.answer
-        if key is not None and self.cache is not None and answer.finish_reason == "stop":
+        if key is not None and self.cache is not None and answer.finish_reason in ("stop", "length"):
             self.cache.put(key, _to_cache(answer), outcome.ttl_s)
         self._remember(ask, message, answer, key)
         return answer
@@ -368,8 +368,9 @@ def _outcome(parsed: Parse, the_plan: Plan, results: Sequence[StepResult]) -> _O
         usage = Usage(prompt, completion)
     timing = next((g.timing for g in generated if g.timing is not None), None)
     finish: FinishReason = "stop"
-    if any(g.finish_reason == "length" for g in generated):
-        finish = "length"
+    for reason in ("length", "cancelled"):
+        if any(g.finish_reason == reason for g in generated):
+            finish = reason
     ttl: float | None = None
     if any(r.error for r in results) or any(
         r.step.kind in ("note_add", "note_search") for r in results

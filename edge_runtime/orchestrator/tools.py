@@ -330,7 +330,7 @@ class ToolGateway:
             try:
                 tool: Tool
                 if spec.kind == "mqtt_state":
-                    tool = MqttStateTool(spec, state or StateStore())
+                    tool = MqttStateTool(spec, state if state is not None else StateStore())
                 elif spec.kind == "sqlite":
                     tool = SqliteTool(spec, executor)
                 elif spec.kind == "http":

@@ -4,7 +4,8 @@
  *
  * Root id "redact". Configuration: any non-empty text (e.g. "{}"); it has no settings.
  * A phone number is a run of 7 or more digits that may contain spaces, dashes and parentheses and
- * may start with "+" (an ISO date, YYYY-MM-DD, is not one). An e-mail address is local@domain.tld. In a JSON body only the insides of
+ * may start with "+" (an ISO date, YYYY-MM-DD, is not one); it stands on its own, so digits
+ * inside a word (a hex id such as "afa7f0123456e46b") are not one. An e-mail address is local@domain.tld. In a JSON body only the insides of
  * string literals are rewritten (escape sequences are left alone), so the body stays valid JSON and
  * numbers such as token counts are untouched; any other body is rewritten as text. CBOR bodies
  * (content-type application/cbor) pass unchanged: their strings are length-prefixed.
@@ -95,6 +96,8 @@ static size_t match_phone(const unsigned char *s, size_t start, size_t end, size
     }
   }
   if (digits < MIN_PHONE_DIGITS) return 0;
+  /* digits running on into letters are part of a word (an id, a hash), not a number */
+  if (last < end && is_alpha(s[last])) return 0;
   /* "(555-123-4567)": drop an opening parenthesis that the number does not close */
   *begin = start;
   if (s[start] == '(' && opened > closed) *begin = start + 1;
@@ -114,7 +117,8 @@ static void redact_text(const unsigned char *s, size_t start, size_t end, out_bu
         continue;
       }
     }
-    if ((is_digit(c) || c == '+' || c == '(') && (j == start || !is_digit(s[j - 1]))) {
+    if ((is_digit(c) || c == '+' || c == '(') &&
+        (j == start || (!is_digit(s[j - 1]) && !is_alpha(s[j - 1])))) {
       size_t begin;
       size_t stop = match_phone(s, j, end, &begin);
       if (stop) {
