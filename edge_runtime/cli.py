@@ -139,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_transport = bench_commands.add_parser("transport", help="MQTT echo, ours vs bare paho")
     bench_transport.add_argument("--json", action="store_true", help="print one JSON object")
     bench_transport.add_argument("--requests", type=int, default=600)
+    bench_orch = bench_commands.add_parser(
+        "orchestrator", help="rule+tool, cache hit and model miss latency, with baselines"
+    )
+    bench_orch.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_orch.add_argument("--model", type=Path, default=Path("models/glm-tiny"))
+    bench_orch.add_argument(
+        "--weather-service", type=Path, default=Path("examples/weather_service.py")
+    )
+    bench_orch.add_argument("--requests", type=int, default=200)
+    bench_orch.add_argument("--model-requests", type=int, default=30)
     bench_filters = bench_commands.add_parser("filters", help="filter chain time per request")
     bench_filters.add_argument("--json", action="store_true", help="print one JSON object")
     bench_filters.add_argument("--filters-dir", type=Path, default=Path("filters"))
@@ -393,6 +403,22 @@ def _bench(args: argparse.Namespace) -> int:
 
         found = transport.run(
             transport.TransportBenchArgs(json=args.json, requests=args.requests), sys.stdout
+        )
+        if args.json:
+            print(json.dumps(found, indent=2))
+        return 0
+    if args.bench_command == "orchestrator":
+        from edge_runtime.bench import orchestrator as orch_bench
+
+        found = orch_bench.run(
+            orch_bench.OrchestratorBenchArgs(
+                json=args.json,
+                model=args.model,
+                weather_service=args.weather_service,
+                requests=args.requests,
+                model_requests=args.model_requests,
+            ),
+            sys.stdout,
         )
         if args.json:
             print(json.dumps(found, indent=2))

@@ -19,8 +19,6 @@ from edge_runtime.transports.coap import CoapTransport
 from edge_runtime.transports.mqtt import MqttTransport
 
 log = logging.getLogger("edge_runtime.daemon")
-# httpx logs every tool call at INFO; the answer's tool_calls already tell that story.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # How often filter timers, queue notices and HTTP answers are delivered.
 FILTER_POLL_S = 0.02

@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args()
     server = ThreadingHTTPServer((args.host, args.port), Handler)
-    print(f"weather service on http://{args.host}:{args.port}/weather", flush=True)
+    port = server.server_address[1]
+    print(f"weather service on http://{args.host}:{port}/weather", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

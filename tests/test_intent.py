@@ -37,23 +37,34 @@ def names(parsed: Parse) -> list[str]:
     [
         ("turn on the kitchen light", "HassTurnOn", {"area": "kitchen", "domain": "light"}),
         ("打开厨房的灯", "HassTurnOn", {"area": "kitchen", "domain": "light"}),
-        ("what's the temperature in the living room", "HassClimateGetTemperature",
-         {"area": "living_room"}),
+        (
+            "what's the temperature in the living room",
+            "HassClimateGetTemperature",
+            {"area": "living_room"},
+        ),
         ("厨房的温度是多少", "HassClimateGetTemperature", {"area": "kitchen"}),
         ("query tomorrow's weather in Beijing", "weather", {"city": "Beijing", "date": "tomorrow"}),
-        ("what is the weather in New York tomorrow", "weather",
-         {"city": "New York", "date": "tomorrow"}),
+        (
+            "what is the weather in New York tomorrow",
+            "weather",
+            {"city": "New York", "date": "tomorrow"},
+        ),
         ("查询北京明天的天气", "weather", {"city": "北京", "date": "tomorrow"}),
         ("上海后天会下雨吗", "weather", {"city": "上海", "date": "day_after_tomorrow"}),
         ("write a reminder", "compose_reminder", {}),
         ("生成一段提醒文案", "compose_reminder", {}),
-        ("remember that the wifi password is tulip42", "note_add",
-         {"note": "the wifi password is tulip42"}),
+        (
+            "remember that the wifi password is tulip42",
+            "note_add",
+            {"note": "the wifi password is tulip42"},
+        ),
         ("记住：车停在B2层", "note_add", {"note": "车停在B2层"}),
         ("what did I note about wifi", "note_search", {"query": "wifi"}),
     ],
 )
-def test_rules_and_slots(parser: IntentParser, text: str, intent: str, slots: dict[str, str]) -> None:
+def test_rules_and_slots(
+    parser: IntentParser, text: str, intent: str, slots: dict[str, str]
+) -> None:
     parsed = parser.parse(text)
     assert parsed.clarification is None
     assert names(parsed) == [intent]
@@ -68,7 +79,10 @@ def test_language_follows_the_script(parser: IntentParser) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["查询北京明天的天气并生成一段提醒文案", "query tomorrow's weather in Beijing and write a reminder"],
+    [
+        "查询北京明天的天气并生成一段提醒文案",
+        "query tomorrow's weather in Beijing and write a reminder",
+    ],
 )
 def test_the_design_seed_is_two_intents(parser: IntentParser, text: str) -> None:
     parsed = parser.parse(text)
@@ -141,8 +155,10 @@ def test_a_new_request_replaces_an_unanswered_question(parser: IntentParser) -> 
 
 def test_a_list_slot_answer_must_be_in_the_list(tmp_path: Path) -> None:
     parser = IntentParser.build(
-        languages=["en"], handled={"HassClimateGetTemperature"},
-        required={"HassClimateGetTemperature": ["area"]}, areas=AREAS,
+        languages=["en"],
+        handled={"HassClimateGetTemperature"},
+        required={"HassClimateGetTemperature": ["area"]},
+        areas=AREAS,
     )
     custom = tmp_path / "en.yaml"
     custom.write_text(
@@ -150,8 +166,11 @@ def test_a_list_slot_answer_must_be_in_the_list(tmp_path: Path) -> None:
         "      - sentences: ['how warm is it']\n"
     )
     parser = IntentParser.build(
-        languages=["en"], handled={"HassClimateGetTemperature"},
-        required={"HassClimateGetTemperature": ["area"]}, areas=AREAS, templates=[custom],
+        languages=["en"],
+        handled={"HassClimateGetTemperature"},
+        required={"HassClimateGetTemperature": ["area"]},
+        areas=AREAS,
+        templates=[custom],
     )
     asked = parser.parse("how warm is it")
     assert asked.clarification is not None and asked.clarification.missing == "area"

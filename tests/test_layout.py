@@ -22,7 +22,8 @@ ALLOWED = {
     "transports": LEAVES | {"codec", "transports", "state"},
     "ask": LEAVES,
     "doctor": LEAVES | {"device", "model"},
-    "bench": LEAVES | {"device", "model", "bench", "filters", "pipeline", "transports"},
+    "bench": LEAVES
+    | {"device", "model", "bench", "filters", "orchestrator", "pipeline", "transports"},
 }
 EXPORT_ONLY = ("torch", "transformers", "optimum")
 # Modules that run in the daemon must never need the export extra.

@@ -17,10 +17,27 @@ from weather import weather_service
 
 def rr(port: int, topic: str, body: dict[str, Any], correlation: str) -> dict[str, Any]:
     done = subprocess.run(
-        ["mosquitto_rr", "-p", str(port), "-t", topic, "-e", f"answers/{correlation}",
-         "-m", json.dumps(body, ensure_ascii=False), "-D", "publish", "correlation-data",
-         correlation, "-W", "60"],
-        capture_output=True, text=True, timeout=90, check=False,
+        [
+            "mosquitto_rr",
+            "-p",
+            str(port),
+            "-t",
+            topic,
+            "-e",
+            f"answers/{correlation}",
+            "-m",
+            json.dumps(body, ensure_ascii=False),
+            "-D",
+            "publish",
+            "correlation-data",
+            correlation,
+            "-W",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     answer: dict[str, Any] = json.loads(done.stdout)
@@ -29,9 +46,24 @@ def rr(port: int, topic: str, body: dict[str, Any], correlation: str) -> dict[st
 
 def coap(url: str, body: dict[str, Any], *, method: str = "post") -> tuple[str, str]:
     done = subprocess.run(
-        ["coap-client-notls", "-B", "60", "-m", method, "-t", "json",
-         "-e", json.dumps(body, ensure_ascii=False), "-v", "6", url],
-        capture_output=True, text=True, timeout=90, check=False,
+        [
+            "coap-client-notls",
+            "-B",
+            "60",
+            "-m",
+            method,
+            "-t",
+            "json",
+            "-e",
+            json.dumps(body, ensure_ascii=False),
+            "-v",
+            "6",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     return done.stdout, done.stderr
 
@@ -61,12 +93,27 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
         try:
             wait_online(broker)
             subprocess.run(
-                ["mosquitto_pub", "-p", str(broker), "-t", "sensors/kitchen/temperature",
-                 "-m", "21.5", "-r", "-q", "1"],
-                check=True, timeout=30,
+                [
+                    "mosquitto_pub",
+                    "-p",
+                    str(broker),
+                    "-t",
+                    "sensors/kitchen/temperature",
+                    "-m",
+                    "21.5",
+                    "-r",
+                    "-q",
+                    "1",
+                ],
+                check=True,
+                timeout=30,
             )
-            zh = rr(broker, "edge/req/sensor-1",
-                    {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16}, "zh1")
+            zh = rr(
+                broker,
+                "edge/req/sensor-1",
+                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                "zh1",
+            )
             result = check_weather(zh, "北京")
             # The answer tells the weather in the request's language, from the tool's figures.
             assert zh["text"].startswith(
@@ -75,8 +122,10 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
 
             en_out, en_err = coap(
                 f"coap://[::1]:{coap_port}/infer?device=sensor-2",
-                {"prompt": "query tomorrow's weather in Beijing and write a reminder",
-                 "max_tokens": 8},
+                {
+                    "prompt": "query tomorrow's weather in Beijing and write a reminder",
+                    "max_tokens": 8,
+                },
             )
             en = json.loads(en_out.strip().splitlines()[-1])
             result = check_weather(en, "Beijing")
@@ -85,28 +134,49 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
                 f"{result['low_c']} to {result['high_c']} °C"
             ), en["text"]
 
-            temperature = rr(broker, "edge/req/sensor-1",
-                             {"prompt": "what's the temperature in the kitchen"}, "t1")
+            temperature = rr(
+                broker,
+                "edge/req/sensor-1",
+                {"prompt": "what's the temperature in the kitchen"},
+                "t1",
+            )
             assert temperature["tool_calls"][0]["result"]["value"] == 21.5
             assert temperature["text"].startswith("It is 21.5 °C in the kitchen")
 
             # Asked again, the weather answer comes from the cache: the tool allows 600 s.
-            again = rr(broker, "edge/req/sensor-3",
-                       {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16}, "zh2")
+            again = rr(
+                broker,
+                "edge/req/sensor-3",
+                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                "zh2",
+            )
             assert again["cached"] is True and again["text"] == zh["text"]
 
             # Feedback: MQTT 5 with a Response Topic gets an acknowledgement; the rated answer
             # (correlation "zh2" is its id, hex-encoded) leaves the cache.
-            rated = rr(broker, "edge/feedback/sensor-3",
-                       {"id": "zh2".encode().hex(), "rating": 1, "comment": "too vague"}, "f1")
+            rated = rr(
+                broker,
+                "edge/feedback/sensor-3",
+                {"id": "zh2".encode().hex(), "rating": 1, "comment": "too vague"},
+                "f1",
+            )
             assert (rated["route"], rated["recorded"], rated["known"], rated["evicted"]) == (
-                "feedback", True, True, True)
-            fresh = rr(broker, "edge/req/sensor-3",
-                       {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16}, "zh3")
+                "feedback",
+                True,
+                True,
+                True,
+            )
+            fresh = rr(
+                broker,
+                "edge/req/sensor-3",
+                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                "zh3",
+            )
             assert "cached" not in fresh
 
-            out, err = coap(f"coap://[::1]:{coap_port}/feedback?device=sensor-2",
-                            {"id": en["id"], "rating": 5})
+            out, err = coap(
+                f"coap://[::1]:{coap_port}/feedback?device=sensor-2", {"id": en["id"], "rating": 5}
+            )
             assert "2.04" in err + out, err
             bad_out, bad_err = coap(f"coap://[::1]:{coap_port}/feedback", {"id": "x", "rating": 0})
             assert "4.00" in bad_err + bad_out
@@ -118,7 +188,10 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
 
     exported = subprocess.run(
         [str(EXE), "feedback", "export", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert exported.returncode == 0, exported.stderr
     rows = [json.loads(line) for line in exported.stdout.splitlines()]

@@ -42,8 +42,9 @@ class ScriptedModel:
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
     ) -> Generated:
-        self.calls.append({"messages": [dict(m) for m in messages], "tools": tools,
-                           "at": time.monotonic()})
+        self.calls.append(
+            {"messages": [dict(m) for m in messages], "tools": tools, "at": time.monotonic()}
+        )
         text = self.answers[min(len(self.calls) - 1, len(self.answers) - 1)]
         if on_delta is not None:
             for piece in (text[i : i + 3] for i in range(0, len(text), 3)):
@@ -58,37 +59,69 @@ TOOLS = [
         "entry_point": "tool_functions:forecast",
         "intents": ["weather"],
         "cache_ttl_s": 600,
-        "parameters": {"city": {}, "date": {"enum": ["today", "tomorrow",
-                                                      "day_after_tomorrow"], "default": "today"}},
-        "answer": {"en": "{city} {date}: {condition}, {low_c}-{high_c} C",
-                   "zh": "{city}{date}：{condition}，{low_c}～{high_c}°C"},
+        "parameters": {
+            "city": {},
+            "date": {"enum": ["today", "tomorrow", "day_after_tomorrow"], "default": "today"},
+        },
+        "answer": {
+            "en": "{city} {date}: {condition}, {low_c}-{high_c} C",
+            "zh": "{city}{date}：{condition}，{low_c}～{high_c}°C",
+        },
     },
-    {"name": "echo", "kind": "python", "entry_point": "tool_functions:echo",
-     "parameters": {"text": {}}},
+    {
+        "name": "echo",
+        "kind": "python",
+        "entry_point": "tool_functions:echo",
+        "parameters": {"text": {}},
+    },
 ]
 
 
-def build(tmp_path: Path, model: ScriptedModel, tools: list[dict[str, Any]] | None = None,
-          **orchestrator: Any) -> Orchestrator:
-    settings = Settings.model_validate({
-        "tools": TOOLS if tools is None else tools,
-        "orchestrator": {"state_dir": str(tmp_path / "state"), **orchestrator},
-    })
+def build(
+    tmp_path: Path,
+    model: ScriptedModel,
+    tools: list[dict[str, Any]] | None = None,
+    **orchestrator: Any,
+) -> Orchestrator:
+    settings = Settings.model_validate(
+        {
+            "tools": TOOLS if tools is None else tools,
+            "orchestrator": {"state_dir": str(tmp_path / "state"), **orchestrator},
+        }
+    )
     return Orchestrator.build(settings, generator=model)
 
 
-def ask(orch: Orchestrator, text: str, *, route: str = "orchestrate", device: str = "d1",
-        session: str | None = None, timeout: float = 10.0, ident: str = "r1",
-        stream: list[str] | None = None) -> Answer:
+def ask(
+    orch: Orchestrator,
+    text: str,
+    *,
+    route: str = "orchestrate",
+    device: str = "d1",
+    session: str | None = None,
+    timeout: float = 10.0,
+    ident: str = "r1",
+    stream: list[str] | None = None,
+) -> Answer:
     async def sink(delta: str) -> None:
         assert stream is not None
         stream.append(delta)
 
-    request = Ask(id=ident, device=device, messages=[{"role": "user", "content": text}],
-                  params={"max_new_tokens": 32}, deadline=time.monotonic() + timeout,
-                  session=session)
-    return asyncio.run(orch.answer(request, route,  # type: ignore[arg-type]
-                                   sink if stream is not None else None))
+    request = Ask(
+        id=ident,
+        device=device,
+        messages=[{"role": "user", "content": text}],
+        params={"max_new_tokens": 32},
+        deadline=time.monotonic() + timeout,
+        session=session,
+    )
+    return asyncio.run(
+        orch.answer(
+            request,
+            route,  # type: ignore[arg-type]
+            sink if stream is not None else None,
+        )
+    )
 
 
 def close(orch: Orchestrator) -> None:
@@ -100,8 +133,9 @@ def test_the_reminder_is_written_with_the_weather_in_hand(tmp_path: Path) -> Non
     orch = build(tmp_path, model)
     streamed: list[str] = []
     try:
-        answer = ask(orch, "query tomorrow's weather in Beijing and write a reminder",
-                     stream=streamed)
+        answer = ask(
+            orch, "query tomorrow's weather in Beijing and write a reminder", stream=streamed
+        )
     finally:
         close(orch)
     assert [i["name"] for i in answer.details["intents"]] == ["weather", "compose_reminder"]
@@ -115,24 +149,36 @@ def test_the_reminder_is_written_with_the_weather_in_hand(tmp_path: Path) -> Non
     assert roles[-3:] == ["user", "assistant", "tool"]
     assert call["messages"][-2]["tool_calls"][0]["name"] == "weather"
     assert "light rain" in call["messages"][-1]["content"]
-    assert answer.text == ("Beijing tomorrow: light rain, 3-9 C\n"
-                           "Take an umbrella: light rain in Beijing tomorrow.")
+    assert answer.text == (
+        "Beijing tomorrow: light rain, 3-9 C\nTake an umbrella: light rain in Beijing tomorrow."
+    )
     assert "".join(streamed) == answer.text
 
 
 def test_independent_steps_run_at_once(tmp_path: Path) -> None:
     tools = [
-        {"name": "a", "kind": "python", "entry_point": "tool_functions:meet_a",
-         "intents": ["lights_on"], "timeout_s": 5},
-        {"name": "b", "kind": "python", "entry_point": "tool_functions:meet_b",
-         "intents": ["lights_off"], "timeout_s": 5},
+        {
+            "name": "a",
+            "kind": "python",
+            "entry_point": "tool_functions:meet_a",
+            "intents": ["lights_on"],
+            "timeout_s": 5,
+        },
+        {
+            "name": "b",
+            "kind": "python",
+            "entry_point": "tool_functions:meet_b",
+            "intents": ["lights_off"],
+            "timeout_s": 5,
+        },
     ]
     templates = tmp_path / "t.yaml"
-    templates.write_text("language: en\nintents:\n"
-                         "  lights_on:\n    data:\n      - sentences: ['lights on']\n"
-                         "  lights_off:\n    data:\n      - sentences: ['lights off']\n")
-    orch = build(tmp_path, ScriptedModel(), tools, templates=[str(templates)],
-                 languages=["en"])
+    templates.write_text(
+        "language: en\nintents:\n"
+        "  lights_on:\n    data:\n      - sentences: ['lights on']\n"
+        "  lights_off:\n    data:\n      - sentences: ['lights off']\n"
+    )
+    orch = build(tmp_path, ScriptedModel(), tools, templates=[str(templates)], languages=["en"])
     try:
         answer = ask(orch, "lights on and lights off")
     finally:
@@ -163,8 +209,14 @@ def test_a_hanging_tool_fails_its_step_and_the_answer_still_comes(tmp_path: Path
 def test_misbehaving_tools_become_observations_within_the_deadline(
     tmp_path: Path, function: str, message: str
 ) -> None:
-    tools = [{**TOOLS[0], "entry_point": f"tool_functions:{function}", "timeout_s": 0.5,
-              "parameters": {}}]
+    tools = [
+        {
+            **TOOLS[0],
+            "entry_point": f"tool_functions:{function}",
+            "timeout_s": 0.5,
+            "parameters": {},
+        }
+    ]
     tools[0]["answer"] = {}
     orch = build(tmp_path, ScriptedModel(), tools)
     started = time.monotonic()
@@ -189,8 +241,10 @@ def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     assert answer.tool_calls[0]["result"] == {"echo": "ping"}
     # The tool list went into the model's system block; the observation came back to it.
     assert {t["name"] for t in model.calls[0]["tools"]} == {"weather", "echo"}
-    assert model.calls[1]["messages"][-1] == {"role": "tool",
-                                              "content": '{"result": {"echo": "ping"}}'}
+    assert model.calls[1]["messages"][-1] == {
+        "role": "tool",
+        "content": '{"result": {"echo": "ping"}}',
+    }
     # The call itself was never streamed to the device, only the answer.
     assert "".join(streamed) == "The echo said ping."
 
@@ -254,7 +308,8 @@ def test_notes_through_the_orchestrator(tmp_path: Path) -> None:
     orch = build(tmp_path, ScriptedModel())
     try:
         assert ask(orch, "remember that the gate code is 4711").text == (
-            "Noted: the gate code is 4711")
+            "Noted: the gate code is 4711"
+        )
         assert "4711" in ask(orch, "what did I note about the gate").text
         assert "4711" not in ask(orch, "what did I note about the gate", device="d2").text
     finally:
@@ -289,8 +344,13 @@ def test_sampling_without_a_seed_is_never_cached(tmp_path: Path) -> None:
     orch = build(tmp_path, model)
     try:
         for ident in ("x1", "x2"):
-            request = Ask(id=ident, device="d", messages=[{"role": "user", "content": "hi"}],
-                          params={"temperature": 0.8}, deadline=time.monotonic() + 5)
+            request = Ask(
+                id=ident,
+                device="d",
+                messages=[{"role": "user", "content": "hi"}],
+                params={"temperature": 0.8},
+                deadline=time.monotonic() + 5,
+            )
             asyncio.run(orch.answer(request, "direct"))
     finally:
         close(orch)
@@ -316,4 +376,8 @@ def test_feedback_is_stored_and_exported(tmp_path: Path) -> None:
     (line,) = out.read_text().splitlines()
     row = json.loads(line)
     assert (row["request"], row["answer"], row["rating"], row["comment"]) == (
-        "tell me something", "an answer", 5, "great")
+        "tell me something",
+        "an answer",
+        5,
+        "great",
+    )

@@ -160,3 +160,55 @@ def test_overflow_is_answered_busy_at_once(tiny_model: Model) -> None:
 
     assert asyncio.run(both()) == [Status.OK, Status.SERVICE_UNAVAILABLE]
     pipeline.close()
+
+
+def test_filters_see_tool_calls_and_may_deny_them(tmp_path: Path, tiny_model: Model) -> None:
+    """Each tool call crosses the chain as a request on tool/<name>: policy guards actions."""
+    import wasmtime
+
+    from edge_runtime.config import Settings
+    from edge_runtime.orchestrator.llm import ModelGenerator
+    from edge_runtime.orchestrator.service import Orchestrator
+
+    deny = tmp_path / "deny_tools.wasm"
+    deny.write_bytes(
+        wasmtime.wat2wasm((Path(__file__).parent / "filters" / "deny_tools.wat").read_text())
+    )
+    settings = Settings.model_validate(
+        {
+            "tools": [
+                {
+                    "name": "weather",
+                    "kind": "python",
+                    "entry_point": "tool_functions:forecast",
+                    "intents": ["weather"],
+                    "parameters": {"city": {}},
+                }
+            ],
+            "orchestrator": {"state_dir": str(tmp_path / "state")},
+        }
+    )
+
+    def answer(modules: list[FilterSettings]) -> Response:
+        service = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
+        service.load(modules)
+        orchestrator = Orchestrator.build(settings, generator=ModelGenerator(tiny_model))
+        pipeline = Pipeline(
+            PipelineSettings(default_route="orchestrate"),
+            orchestrator=orchestrator,
+            filters=service,
+        )
+        try:
+            return run(pipeline, request({"prompt": "weather in Oslo"}, headers=()))
+        finally:
+            pipeline.close()
+            asyncio.run(orchestrator.close())
+            service.close()
+
+    allowed = answer([FilterSettings(name="redact", module=FILTERS / "redact.wasm", config="{}")])
+    assert allowed.tool_calls[0]["result"]["city"] == "Oslo"
+    denied = answer([FilterSettings(name="deny-tools", module=deny, config="{}")])
+    # The request itself passed the filter (its path is not tool/...); the call did not.
+    assert denied.status == Status.OK
+    assert denied.tool_calls[0]["error"] == "weather: denied: tools are off"
+    assert denied.text == "weather failed: weather: denied: tools are off"

@@ -85,15 +85,17 @@ def test_the_schema_the_model_sees() -> None:
 
 def test_http_urls_must_stay_under_the_allow_list() -> None:
     with pytest.raises(ToolConfigError, match="http_allow"):
-        ToolGateway.build([tool(**WEATHER, url="http://evil.example/w?c={city}")],
-                          http_allow=["http://127.0.0.1:8081/"])
+        ToolGateway.build(
+            [tool(**WEATHER, url="http://evil.example/w?c={city}")],
+            http_allow=["http://127.0.0.1:8081/"],
+        )
     # An argument may not choose the host.
     with pytest.raises(ToolConfigError, match="http_allow"):
         ToolGateway.build([tool(**WEATHER, url="http://{city}/w")], http_allow=["http://"])
 
 
 class _Misbehaving(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.startswith("/hang"):
             time.sleep(1.5)
         if self.path.startswith("/big"):
@@ -115,7 +117,7 @@ class _Misbehaving(BaseHTTPRequestHandler):
         self.send_header("location", "http://evil.example/")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -141,8 +143,13 @@ def misbehaving() -> Iterator[int]:
     ],
 )
 def test_http_failures_are_tool_errors(misbehaving: int, path: str, message: str) -> None:
-    spec = tool(name="t", kind="http", url=f"http://127.0.0.1:{misbehaving}/{path}",
-                timeout_s=0.5, max_output_bytes=65536)
+    spec = tool(
+        name="t",
+        kind="http",
+        url=f"http://127.0.0.1:{misbehaving}/{path}",
+        timeout_s=0.5,
+        max_output_bytes=65536,
+    )
     gateway = ToolGateway.build([spec], http_allow=[f"http://127.0.0.1:{misbehaving}/"])
     done = call(gateway, "t", {})
     assert not done.ok
@@ -152,16 +159,25 @@ def test_http_failures_are_tool_errors(misbehaving: int, path: str, message: str
 def test_mqtt_state_reads_the_latest_value() -> None:
     now = [100.0]
     state = StateStore(clock=lambda: now[0])
-    spec = tool(name="temp", kind="mqtt_state", topic="sensors/{area}/temperature",
-                max_age_s=60, parameters={"area": {}})
+    spec = tool(
+        name="temp",
+        kind="mqtt_state",
+        topic="sensors/{area}/temperature",
+        max_age_s=60,
+        parameters={"area": {}},
+    )
     gateway = ToolGateway.build([spec], state=state)
     assert "no reading on sensors/kitchen/temperature" in (
-        call(gateway, "temp", {"area": "kitchen"}).error or "")
+        call(gateway, "temp", {"area": "kitchen"}).error or ""
+    )
     state.update("sensors/kitchen/temperature", b'{"celsius": 21.5}')
     now[0] += 5
     done = call(ToolGateway.build([spec], state=state), "temp", {"area": "kitchen"})
-    assert done.output == {"topic": "sensors/kitchen/temperature",
-                           "value": {"celsius": 21.5}, "age_s": 5.0}
+    assert done.output == {
+        "topic": "sensors/kitchen/temperature",
+        "value": {"celsius": 21.5},
+        "age_s": 5.0,
+    }
     now[0] += 120
     stale = call(ToolGateway.build([spec], state=state), "temp", {"area": "kitchen"})
     assert "125 s old" in (stale.error or "")
@@ -183,12 +199,19 @@ def plants(tmp_path: Path) -> Path:
 
 
 def test_sqlite_runs_its_named_query_read_only(plants: Path) -> None:
-    spec = tool(name="plants", kind="sqlite", database=plants, max_rows=5,
-                query="SELECT name, water_every_days FROM plants WHERE room = :room ORDER BY name",
-                parameters={"room": {}})
+    spec = tool(
+        name="plants",
+        kind="sqlite",
+        database=plants,
+        max_rows=5,
+        query="SELECT name, water_every_days FROM plants WHERE room = :room ORDER BY name",
+        parameters={"room": {}},
+    )
     done = call(ToolGateway.build([spec]), "plants", {"room": "kitchen"})
-    assert done.output == [{"name": "cactus", "water_every_days": 21},
-                           {"name": "fern", "water_every_days": 3}]
+    assert done.output == [
+        {"name": "cactus", "water_every_days": 21},
+        {"name": "fern", "water_every_days": 3},
+    ]
     writer = tool(name="w", kind="sqlite", database=plants, query="DELETE FROM plants")
     refused = call(ToolGateway.build([writer]), "w", {})
     assert not refused.ok and "readonly" in (refused.error or "").replace("-", "")
@@ -198,16 +221,26 @@ def test_sqlite_runs_its_named_query_read_only(plants: Path) -> None:
 
 def test_sqlite_queries_are_checked_when_loaded(plants: Path) -> None:
     with pytest.raises(ToolConfigError, match="undeclared parameters room"):
-        ToolGateway.build([tool(name="p", kind="sqlite", database=plants,
-                                query="SELECT * FROM plants WHERE room = :room")])
+        ToolGateway.build(
+            [
+                tool(
+                    name="p",
+                    kind="sqlite",
+                    database=plants,
+                    query="SELECT * FROM plants WHERE room = :room",
+                )
+            ]
+        )
     with pytest.raises(ToolConfigError, match="one statement"):
-        ToolGateway.build([tool(name="p", kind="sqlite", database=plants,
-                                query="SELECT 1; DROP TABLE plants")])
+        ToolGateway.build(
+            [tool(name="p", kind="sqlite", database=plants, query="SELECT 1; DROP TABLE plants")]
+        )
 
 
 def test_a_runaway_query_stops_at_its_timeout(plants: Path) -> None:
-    endless = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
-               "SELECT count(*) FROM n")
+    endless = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+    )
     spec = tool(name="slow", kind="sqlite", database=plants, query=endless, timeout_s=0.3)
     done = call(ToolGateway.build([spec]), "slow", {})
     assert not done.ok and ("timeout" in (done.error or "") or "0.3 s" in (done.error or ""))
@@ -217,8 +250,9 @@ def test_python_tools_by_entry_point_and_by_path() -> None:
     by_name = tool(name="now", kind="python", entry_point="now")
     done = call(ToolGateway.build([by_name]), "now", {})
     assert set(done.output) == {"date", "time", "weekday", "timezone"}
-    by_path = tool(name="echo", kind="python", entry_point="tool_functions:echo",
-                   parameters={"text": {}})
+    by_path = tool(
+        name="echo", kind="python", entry_point="tool_functions:echo", parameters={"text": {}}
+    )
     done = call(ToolGateway.build([by_path]), "echo", {"text": "hi"})
     assert done.output == {"echo": "hi"}
     with pytest.raises(ToolConfigError, match="no entry point 'nope'"):
@@ -238,16 +272,22 @@ def test_python_tools_by_entry_point_and_by_path() -> None:
     ],
 )
 def test_misbehaving_python_tools_are_tool_errors(function: str, message: str) -> None:
-    spec = tool(name="bad", kind="python", entry_point=f"tool_functions:{function}",
-                timeout_s=0.3, max_output_bytes=4096)
+    spec = tool(
+        name="bad",
+        kind="python",
+        entry_point=f"tool_functions:{function}",
+        timeout_s=0.3,
+        max_output_bytes=4096,
+    )
     done = call(ToolGateway.build([spec]), "bad", {})
     assert not done.ok
     assert message in (done.error or ""), done.error
 
 
 def test_unknown_tools_and_denials() -> None:
-    spec = tool(name="echo", kind="python", entry_point="tool_functions:echo",
-                parameters={"text": {}})
+    spec = tool(
+        name="echo", kind="python", entry_point="tool_functions:echo", parameters={"text": {}}
+    )
     assert "unknown tool 'nope'" in (call(ToolGateway.build([spec]), "nope", {}).error or "")
     seen: list[tuple[str, dict[str, Any]]] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -100,6 +101,9 @@ class IntentParser:
     # Required slots per intent (the tool's required arguments, or our own intents' needs).
     required: Mapping[str, Sequence[str]] = field(default_factory=dict)
     ambiguity_margin: float = 0.05
+    # Devices repeat themselves (a wall button sends the same sentence): parses are memoised.
+    memo_size: int = 1024
+    _memo: OrderedDict[str, Parse] = field(default_factory=OrderedDict, repr=False)
 
     @classmethod
     def build(
@@ -147,7 +151,14 @@ class IntentParser:
     def parse(self, text: str, pending: Clarification | None = None) -> Parse:
         """Intents of ``text``; with ``pending`` it may be the answer to an earlier question."""
         text = unicodedata.normalize("NFKC", text).strip()
-        fresh = self._parse(text, self.language_of(text))
+        fresh = self._memo.get(text)
+        if fresh is None:
+            fresh = self._parse(text, self.language_of(text))
+            self._memo[text] = fresh
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(text)
         if pending is None or fresh.intents or fresh.clarification is not None:
             return fresh
         return self._answer(text, pending) or fresh

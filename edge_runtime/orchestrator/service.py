@@ -226,7 +226,11 @@ class Orchestrator:
         else:
             outcome = await self._orchestrate(ask, message, history, pending, sink)
         answer = outcome.answer
-        if key is not None and self.cache is not None and answer.finish_reason in ("stop", "length"):
+        if (
+            key is not None
+            and self.cache is not None
+            and answer.finish_reason in ("stop", "length")
+        ):
             self.cache.put(key, _to_cache(answer), outcome.ttl_s)
         self._remember(ask, message, answer, key)
         return answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -28,6 +29,8 @@ ENTRY_POINT_GROUP = "edge_runtime.tools"
 ToolGuard = Callable[[str, Mapping[str, Any]], Awaitable[str | None]]
 _PYTHON_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool}
 _TOPIC_UNSAFE = re.compile(r"[/+#\x00]")
+# httpx logs every request at INFO; the answer's tool_calls already tell that story.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 _SQL_PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
 
 
