@@ -87,7 +87,7 @@ def test_notes_survive_a_restart_and_stay_with_their_device(tmp_path: Path) -> N
         assert [f.text for f in reopened.search("d2", "wifi")] == ["the wifi password is daisy7"]
         assert reopened.search("d1", "garage door") == []
         # No keywords: the newest notes.
-        assert [f.text for f in reopened.search("d1", "")][0] == "明天去北京开会"
+        assert next(f.text for f in reopened.search("d1", "")) == "明天去北京开会"
     finally:
         reopened.close()
 

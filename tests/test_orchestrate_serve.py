@@ -120,7 +120,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
                 f"北京明天天气：{result['condition_zh']}，{result['low_c']}～{result['high_c']}°C"
             ), zh["text"]
 
-            en_out, en_err = coap(
+            en_out, _en_err = coap(
                 f"coap://[::1]:{coap_port}/infer?device=sensor-2",
                 {
                     "prompt": "query tomorrow's weather in Beijing and write a reminder",
@@ -157,7 +157,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
             rated = rr(
                 broker,
                 "edge/feedback/sensor-3",
-                {"id": "zh2".encode().hex(), "rating": 1, "comment": "too vague"},
+                {"id": b"zh2".hex(), "rating": 1, "comment": "too vague"},
                 "f1",
             )
             assert (rated["route"], rated["recorded"], rated["known"], rated["evicted"]) == (

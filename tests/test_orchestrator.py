@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from edge_runtime.config import Settings
+from edge_runtime.messages import Usage
 from edge_runtime.orchestrator.llm import DeltaSink, Generated
 from edge_runtime.orchestrator.service import Answer, Ask, Orchestrator
-from edge_runtime.messages import Usage
 
 
 class ScriptedModel:
