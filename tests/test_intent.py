@@ -214,3 +214,11 @@ def test_bad_template_files_are_config_errors(tmp_path: Path) -> None:
         IntentParser.build(languages=["en"], handled=set(), required={}, templates=[no_intents])
     with pytest.raises(ConfigError, match="xx-YY"):
         IntentParser.build(languages=["xx-YY"], handled=set(), required={})
+
+
+def test_a_sentence_is_not_taken_for_an_open_slot(parser: IntentParser) -> None:
+    asked = parser.parse("what is the weather")
+    assert asked.clarification is not None
+    reply = parser.parse("could you please tell me a funny joke", asked.clarification)
+    assert reply.intents == () and reply.clarification is None
+    assert reply.unmatched == ("could you please tell me a funny joke",)

@@ -291,6 +291,16 @@ def test_clarification_across_two_messages(tmp_path: Path) -> None:
     assert second.text == "杭州tomorrow：light rain，3～9°C"
 
 
+def test_a_device_without_a_session_can_answer_a_question(tmp_path: Path) -> None:
+    orch = build(tmp_path, ScriptedModel())
+    try:
+        assert ask(orch, "what is the weather tomorrow").details["clarification"]
+        answered = ask(orch, "Oslo")
+    finally:
+        close(orch)
+    assert answered.tool_calls[0]["arguments"] == {"city": "Oslo", "date": "tomorrow"}
+
+
 def test_sessions_remember_turns_and_never_mix_devices(tmp_path: Path) -> None:
     model = ScriptedModel("\nHello Ada.", "\nHello Bob.", "\nYou are Ada.")
     orch = build(tmp_path, model)

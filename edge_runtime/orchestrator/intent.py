@@ -31,6 +31,8 @@ _CLAUSES = {
     ),
     "zh": re.compile(r"\s*(?:并且|并|然后|再|，|,|。|；|;)\s*"),
 }
+_MAX_ANSWER_CHARS = 40
+_MAX_ANSWER_WORDS = 4
 _TRIM = " \t\r\n.,!?;:。，！？；：、\"'“”‘’"
 
 
@@ -236,6 +238,12 @@ class IntentParser:
             return None
         value: Any = reply
         slot_list = lang.slot_lists.get(pending.missing)
+        if not isinstance(slot_list, TextSlotList) and (
+            len(reply) > _MAX_ANSWER_CHARS or len(reply.split()) > _MAX_ANSWER_WORDS
+        ):
+            # An open slot is answered in a few words ("Beijing", "北京"): a whole sentence
+            # is a new request, not a city.
+            return None
         if isinstance(slot_list, TextSlotList):
             value = _lookup(reply, slot_list)
             if value is None:

@@ -178,15 +178,7 @@ class PlanRunner:
         messages.append({"role": "user", "content": result.step.instruction})
         for done in inputs:
             for call in done.calls:
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": "",
-                        "tool_calls": [{"name": call.name, "arguments": dict(call.arguments)}],
-                    }
-                )
-                observation = json.dumps(call.observation(), ensure_ascii=False)
-                messages.append({"role": "tool", "content": observation})
+                messages += _exchange(call.name, call.arguments, call.observation())
             if done.step.kind in ("note_add", "note_search") and done.text:
                 messages.append({"role": "tool", "content": done.text})
         generated = await self._model()(
@@ -226,23 +218,28 @@ class PlanRunner:
                     timeout=min(self.step_timeout_s, deadline - self.clock()),
                 )
                 result.calls.append(call)
-                observation = json.dumps(call.observation(), ensure_ascii=False)
+                observation = call.observation()
             elif isinstance(output, PlainText):
                 await sink.release()
                 result.text = output.text
                 return
             else:
-                observation = json.dumps({"error": output.reason}, ensure_ascii=False)
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [
-                        {"name": output.name, "arguments": dict(getattr(output, "arguments", {}))}
-                    ],
-                }
-            )
-            messages.append({"role": "tool", "content": observation})
+                observation = {"error": output.reason}
+            messages += _exchange(output.name, getattr(output, "arguments", {}), observation)
+
+
+def _exchange(
+    name: str, arguments: Mapping[str, Any], observation: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A tool call and its result as GLM-4 chat turns: the assistant's call, the observation."""
+    return [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"name": name, "arguments": dict(arguments)}],
+        },
+        {"role": "tool", "content": json.dumps(observation, ensure_ascii=False)},
+    ]
 
 
 class _PlainTextSink:

@@ -202,7 +202,9 @@ class Orchestrator:
         message = str(ask.messages[-1].get("content", ""))
         session = ask.session
         history = self.short_term.history(ask.device, session) if session else []
-        pending = self.short_term.pending(ask.device, session) if session else None
+        # A question waits on the device's next message in the same session; a device that
+        # sends no session has one conversation for questions (but keeps no history).
+        pending = self.short_term.pending(ask.device, session or "")
         conversation = [*history, *ask.messages]
         key = None
         if self.cache is not None and pending is None and _deterministic(ask.params):
@@ -269,8 +271,7 @@ class Orchestrator:
         sink: DeltaSink | None,
     ) -> _Outcome:
         parsed = self.parser.parse(message, pending)
-        if ask.session:
-            self.short_term.set_pending(ask.device, ask.session, parsed.clarification)
+        self.short_term.set_pending(ask.device, ask.session or "", parsed.clarification)
         if parsed.clarification is not None:
             outcome = self._clarify(parsed)
             if sink is not None:
