@@ -95,6 +95,8 @@ def decode_object(body: bytes, content_type: str | None, *, max_bytes: int) -> M
             raise RequestError(
                 f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
+        except RecursionError:
+            raise RequestError("malformed JSON: nested too deeply") from None
     else:
         try:
             data = cbor2.loads(body)

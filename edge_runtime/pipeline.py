@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -98,6 +99,9 @@ class Pipeline:
         """
         started = self._clock()
         try:
+            if request.kind == "feedback":
+                # A rating is a small write: it never waits behind generations for a slot.
+                return await self._handle(request, sink, started, stream)
             if self._waiting >= self.settings.max_queue and self._slots.locked():
                 raise BusyError("too many requests waiting", retry_after=1.0)
             self._waiting += 1
@@ -173,6 +177,23 @@ class Pipeline:
 
     async def _on_filter_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._filter_thread, func, *args)
+
+    async def _begin_guarded(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
+        """begin() on the filter thread; if the caller is cancelled meanwhile, end() still runs."""
+        assert self._filters is not None
+        filters = self._filters
+        begun = asyncio.ensure_future(self._on_filter_thread(filters.begin, stream))
+        try:
+            return await asyncio.shield(begun)
+        except asyncio.CancelledError:
+
+            def end_when_begun(future: asyncio.Future[tuple[FilterChain, Exchange]]) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    with contextlib.suppress(RuntimeError):  # the pipeline is closing
+                        self._filter_thread.submit(filters.end, *future.result())
+
+            begun.add_done_callback(end_when_begun)
+            raise
 
     async def _request_phase(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
         assert self._filters is not None
@@ -328,14 +349,17 @@ class Pipeline:
                     "tool.name": name.encode(),
                 },
             )
-            chain, exchange = await self._request_phase(stream)
+            chain, exchange = await self._begin_guarded(stream)
             try:
+                await self._wait_resumed(chain, exchange)
                 local = stream.local_response
                 if local is None:
                     return None
                 return _local(request, local).text or f"status {local.status}"
             finally:
-                await self._on_filter_thread(self._filters.end, chain, exchange)
+                # Not awaited: a call cancelled by its step timeout must still end its exchange.
+                with contextlib.suppress(RuntimeError):  # the pipeline is closing
+                    self._filter_thread.submit(self._filters.end, chain, exchange)
 
         return guard
 

@@ -39,7 +39,7 @@ class StateStore:
         value: Any
         try:
             value = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             value = payload.decode("utf-8", "replace")
         self._readings.pop(topic, None)
         self._readings[topic] = Reading(topic, value, self._clock())

@@ -103,3 +103,10 @@ def test_answers_are_encoded_in_the_request_format() -> None:
     payload = error_payload(429, "slow down")
     assert json.loads(encode(payload, JSON)) == {"error": {"status": 429, "message": "slow down"}}
     assert cbor2.loads(encode(payload, CBOR)) == payload
+
+
+def test_deeply_nested_bodies_are_bad_requests_not_crashes() -> None:
+    from edge_runtime.codec import decode_object
+
+    with pytest.raises(RequestError, match="nested too deeply"):
+        decode_object(b"[" * 100_000, "application/json", max_bytes=1 << 20)

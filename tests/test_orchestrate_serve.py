@@ -111,7 +111,11 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
             zh = rr(
                 broker,
                 "edge/req/sensor-1",
-                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                {
+                    "prompt": "查询北京明天的天气并生成一段提醒文案",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                },
                 "zh1",
             )
             result = check_weather(zh, "北京")
@@ -147,7 +151,11 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
             again = rr(
                 broker,
                 "edge/req/sensor-3",
-                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                {
+                    "prompt": "查询北京明天的天气并生成一段提醒文案",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                },
                 "zh2",
             )
             assert again["cached"] is True and again["text"] == zh["text"]
@@ -169,7 +177,11 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
             fresh = rr(
                 broker,
                 "edge/req/sensor-3",
-                {"prompt": "查询北京明天的天气并生成一段提醒文案", "max_tokens": 16},
+                {
+                    "prompt": "查询北京明天的天气并生成一段提醒文案",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                },
                 "zh3",
             )
             assert "cached" not in fresh

@@ -33,6 +33,9 @@ class ScriptedModel:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def deterministic(self, params: Mapping[str, Any]) -> bool:
+        return not params.get("temperature") or params.get("seed") is not None
+
     async def __call__(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -391,3 +394,111 @@ def test_feedback_is_stored_and_exported(tmp_path: Path) -> None:
         5,
         "great",
     )
+
+
+def test_a_cached_answer_is_not_served_to_a_device_its_tools_are_denied_to(
+    tmp_path: Path,
+) -> None:
+    orch = build(tmp_path, ScriptedModel())
+
+    async def deny_kids(name: str, args: Any) -> str | None:
+        return "not for kids" if current["device"] == "kid" else None
+
+    current = {"device": "hall"}
+
+    def asked(device: str) -> Answer:
+        current["device"] = device
+        request = Ask(
+            id=device,
+            device=device,
+            messages=[{"role": "user", "content": "weather in Oslo"}],
+            params={},
+            deadline=time.monotonic() + 5,
+            guard=deny_kids,
+        )
+        return asyncio.run(orch.answer(request, "orchestrate"))
+
+    try:
+        assert asked("hall").tool_calls[0]["result"]["city"] == "Oslo"
+        assert asked("hall2").details.get("cached") is True
+        kid = asked("kid")
+    finally:
+        close(orch)
+    assert "cached" not in kid.details
+    assert kid.tool_calls[0]["error"] == "weather: denied: not for kids"
+
+
+def test_feedback_is_per_device(tmp_path: Path) -> None:
+    model = ScriptedModel("\nfor alice", "\nfor bob")
+    orch = build(tmp_path, model)
+    try:
+        ask(orch, "tell me something", device="alice", ident="01")
+        ask(orch, "tell me another thing", device="bob", ident="01")
+        # mallory names alice's answer id: nothing known, nothing evicted.
+        stolen = asyncio.run(orch.feedback({"id": "01", "rating": 1}, "mallory"))
+        assert (stolen["known"], stolen["evicted"]) == (False, False)
+        assert ask(orch, "tell me something", device="carol").details.get("cached") is True
+        mine = asyncio.run(orch.feedback({"id": "01", "rating": 5}, "alice"))
+        assert mine["known"] is True
+        assert orch.feedback_store is not None
+        rows = list(orch.feedback_store.rows())
+    finally:
+        close(orch)
+    assert [(r["device"], r["request"]) for r in rows] == [
+        ("mallory", None),
+        ("alice", "tell me something"),
+    ]
+
+
+def test_a_model_writing_bad_calls_is_stopped_too(tmp_path: Path) -> None:
+    model = ScriptedModel('nope_tool\n{"x": 1}')
+    orch = build(tmp_path, model, max_tool_steps=2)
+    try:
+        answer = ask(orch, "do something odd")
+    finally:
+        close(orch)
+    assert len(model.calls) == 3
+    assert "stopped after 2 tool calls" in answer.text
+
+
+class SamplingModel(ScriptedModel):
+    """Samples by default, as glm-tiny's generation_config.json does."""
+
+    def deterministic(self, params: Mapping[str, Any]) -> bool:
+        return params.get("seed") is not None
+
+
+def test_sampled_answers_are_never_cached_but_pure_tool_answers_are(tmp_path: Path) -> None:
+    model = SamplingModel("\none", "\ntwo", "\nthree")
+    orch = build(tmp_path, model)
+    try:
+        first = ask(orch, "tell me something")
+        second = ask(orch, "tell me something")
+        assert (first.text, second.text) == ("one", "two")
+        # No model step: the answer is the tool's, whatever the model would sample.
+        ask(orch, "weather in Oslo")
+        assert ask(orch, "weather in Oslo").details.get("cached") is True
+    finally:
+        close(orch)
+
+
+def test_a_choice_must_be_a_number_or_a_whole_label(tmp_path: Path) -> None:
+    templates = tmp_path / "t.yaml"
+    templates.write_text(
+        "language: en\nintents:\n"
+        "  lights_on:\n    data:\n      - sentences: ['lights please']\n"
+        "  lights_off:\n    data:\n      - sentences: ['lights please']\n"
+        "edge_runtime:\n  labels:\n    lights_on: 'lights on'\n    lights_off: 'lights off'\n"
+    )
+    from edge_runtime.orchestrator.intent import IntentParser
+
+    parser = IntentParser.build(
+        languages=["en"], handled={"lights_on", "lights_off"}, required={}, templates=[templates]
+    )
+    asked = parser.parse("lights please")
+    assert asked.clarification is not None
+    for reply in ("?", "no", "o", "٣", "9" * 5000, "3"):
+        assert parser.parse(reply, asked.clarification).intents == (), reply
+    assert [i.name for i in parser.parse("option 2", asked.clarification).intents] == [
+        asked.clarification.options[1].name
+    ]

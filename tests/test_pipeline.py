@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,3 +213,169 @@ def test_filters_see_tool_calls_and_may_deny_them(tmp_path: Path, tiny_model: Mo
     assert denied.status == Status.OK
     assert denied.tool_calls[0]["error"] == "weather: denied: tools are off"
     assert denied.text == "weather failed: weather: denied: tools are off"
+
+
+class SlowModel:
+    """A model seam that writes one token every 10 ms and, like ModelGenerator, stops itself at
+    the deadline it is given (finish "cancelled"), keeping what it wrote."""
+
+    identity = "slow"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def deterministic(self, params: Any) -> bool:
+        return True
+
+    async def __call__(
+        self,
+        messages: Any,
+        *,
+        params: Any,
+        tools: Any = None,
+        on_delta: Any = None,
+        deadline: float | None = None,
+    ) -> Any:
+        from edge_runtime.orchestrator.llm import Generated
+
+        text = ""
+        for _ in range(int(params.get("max_new_tokens", 16))):
+            if deadline is not None and time.monotonic() >= deadline:
+                return Generated(text, "cancelled")
+            await asyncio.sleep(0.01)
+            text += "x"
+            if on_delta is not None:
+                await on_delta("x")
+        return Generated(text, "length")
+
+
+def _orchestrated(
+    tmp_path: Path, model: Any, filters: FilterService | None = None, **settings: Any
+) -> Pipeline:
+    from edge_runtime.config import Settings
+    from edge_runtime.orchestrator.llm import ModelGenerator
+    from edge_runtime.orchestrator.service import Orchestrator
+
+    config = Settings.model_validate(
+        {
+            "tools": [
+                {
+                    "name": "weather",
+                    "kind": "python",
+                    "entry_point": "tool_functions:forecast",
+                    "intents": ["weather"],
+                    "parameters": {"city": {}},
+                    "answer": {"en": "{city}: {condition}"},
+                }
+            ],
+            "orchestrator": {"state_dir": str(tmp_path / "state")},
+        }
+    )
+    generator = model if isinstance(model, SlowModel) else ModelGenerator(model)
+    orchestrator = Orchestrator.build(config, generator=generator)
+    return Pipeline(
+        PipelineSettings(default_route="orchestrate", **settings),
+        orchestrator=orchestrator,
+        filters=filters,
+    )
+
+
+def test_a_model_step_cut_by_the_deadline_still_answers(tmp_path: Path) -> None:
+    pipeline = _orchestrated(tmp_path, SlowModel())
+    try:
+        response = run(
+            pipeline,
+            request(
+                {"prompt": "weather in Oslo and write a reminder", "max_tokens": 1500},
+                headers=(),
+                deadline=time.monotonic() + 1.0,
+            ),
+        )
+    finally:
+        pipeline.close()
+        assert pipeline.orchestrator is not None
+        asyncio.run(pipeline.orchestrator.close())
+    # 1500 tokens take 15 s: the reminder is cut short, but the weather and what was written
+    # are answered, not thrown away in a 504.
+    assert response.status == Status.OK, response.text
+    assert response.finish_reason == "cancelled"
+    assert response.text.startswith("Oslo: light rain\nxxx")
+
+
+def test_a_tool_call_cancelled_while_a_filter_holds_it_ends_its_exchange(
+    tmp_path: Path, tiny_model: Model
+) -> None:
+    import wasmtime
+
+    wat = Path(__file__).parent / "filters" / "pauser.wat"
+    held = tmp_path / "pauser.wasm"
+    held.write_bytes(wasmtime.wat2wasm(wat.read_text()))
+    service = FilterService(
+        FilterHostSettings(cache_dir=tmp_path / "cache", upstreams={"auth": "http://127.0.0.1:9/"})
+    )
+    service.load([FilterSettings(name="pauser", module=held, config="hold")])
+    pipeline = _orchestrated(tmp_path, tiny_model, service)
+
+    async def main() -> None:
+        guard = pipeline._tool_guard(request({"prompt": "x"}))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await guard("weather", {"city": "Oslo"})
+        await asyncio.sleep(0.2)
+        # The exchange was ended on the filter thread even though nobody awaited it.
+        await pipeline._on_filter_thread(lambda: None)
+
+    try:
+        asyncio.run(main())
+        assert set(service._in_flight.values()) <= {0}
+    finally:
+        pipeline.close()
+        service.close()
+        assert pipeline.orchestrator is not None
+        asyncio.run(pipeline.orchestrator.close())
+
+
+def test_feedback_does_not_wait_behind_generations(tmp_path: Path) -> None:
+    pipeline = _orchestrated(tmp_path, SlowModel(), max_concurrent=1, max_queue=0)
+
+    async def main() -> tuple[Response, Response, Response]:
+        long = asyncio.ensure_future(
+            pipeline.handle(
+                request({"prompt": "tell me a long story", "max_tokens": 200, "route": "direct"})
+            )
+        )
+        await asyncio.sleep(0.05)
+        busy = await pipeline.handle(request({"prompt": "and another", "route": "direct"}))
+        rating = Request(
+            id="f",
+            transport="mqtt",
+            method="PUBLISH",
+            path="edge/feedback/s",
+            headers=(("content-type", "application/json"),),
+            body=b'{"id": "r1", "rating": 4}',
+            device_id="sensor-1",
+            kind="feedback",
+        )
+        recorded = await pipeline.handle(rating)
+        return await long, busy, recorded
+
+    try:
+        _, busy, recorded = asyncio.run(main())
+    finally:
+        pipeline.close()
+        assert pipeline.orchestrator is not None
+        asyncio.run(pipeline.orchestrator.close())
+    assert busy.status == Status.SERVICE_UNAVAILABLE
+    assert recorded.status == Status.OK
+    assert recorded.details["recorded"] is True
+
+
+def test_the_model_defaults_decide_whether_an_answer_is_sampled(tiny_model: Model) -> None:
+    from edge_runtime.orchestrator.llm import ModelGenerator
+
+    generator = ModelGenerator(tiny_model)
+    # glm-tiny's generation_config.json samples: without a seed, answers vary.
+    assert generator.deterministic({}) is False
+    assert generator.deterministic({"seed": 7}) is True
+    assert generator.deterministic({"temperature": 0}) is True
+    assert generator.deterministic({"temperature": 0.5}) is False

@@ -298,3 +298,83 @@ def test_unknown_tools_and_denials() -> None:
     done = call(ToolGateway.build([spec]), "echo", {"text": "hi"}, guard=guard)
     assert done.error == "echo: denied: not on weekends"
     assert seen == [("echo", {"text": "hi"})]
+
+
+def test_dot_segments_cannot_climb_out_of_the_allowed_path() -> None:
+    spec = tool(
+        name="page", kind="http", url="http://127.0.0.1:9/api/{page}", parameters={"page": {}}
+    )
+    for value in ("..", ".", " .. "):
+        done = call(
+            ToolGateway.build([spec], http_allow=["http://127.0.0.1:9/api/"]),
+            "page",
+            {"page": value},
+        )
+        assert "may not be" in (done.error or ""), done.error
+
+
+class _Compressed(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        import gzip
+
+        body = gzip.compress(b"[" + b"0," * 2_000_000 + b"0]")
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_compressed_answers_are_refused_not_inflated() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressed)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        spec = tool(name="z", kind="http", url=f"http://127.0.0.1:{port}/z")
+        done = call(ToolGateway.build([spec], http_allow=[f"http://127.0.0.1:{port}/"]), "z", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "gzip-encoded" in (done.error or ""), done.error
+
+
+def test_a_hung_tool_uses_up_only_its_own_threads() -> None:
+    hung = tool(name="hung", kind="python", entry_point="tool_functions:hangs", timeout_s=0.2)
+    echo = tool(
+        name="echo", kind="python", entry_point="tool_functions:echo", parameters={"text": {}}
+    )
+    gateway = ToolGateway.build([hung, echo])
+
+    async def main() -> list[Any]:
+        try:
+            results = [await gateway.call("hung", {}) for _ in range(3)]
+            results.append(await gateway.call("echo", {"text": "still here"}))
+            return results
+        finally:
+            await gateway.close()
+
+    first, second, third, echoed = asyncio.run(main())
+    assert "no answer within" in (first.error or "")
+    assert "no answer within" in (second.error or "")
+    # Both of its threads are still stuck: the third call is refused at once.
+    assert "busy: 2 earlier calls are still running" in (third.error or "")
+    assert echoed.output == {"echo": "still here"}
+
+
+def test_errors_nobody_expected_are_still_tool_errors() -> None:
+    spec = tool(
+        name="echo", kind="python", entry_point="tool_functions:echo", parameters={"text": {}}
+    )
+
+    async def broken_guard(name: str, args: Any) -> str | None:
+        raise KeyError("policy table")
+
+    done = call(ToolGateway.build([spec]), "echo", {"text": "x"}, guard=broken_guard)
+    assert done.error == "echo: KeyError: 'policy table'"
+    deep = tool(name="deep", kind="python", entry_point="tool_functions:deep")
+    assert "output is not JSON" in (call(ToolGateway.build([deep]), "deep", {}).error or "")

@@ -47,3 +47,10 @@ def meet_b() -> str:
 
 def forecast(city: str, date: str = "today") -> dict[str, object]:
     return {"city": city, "date": date, "condition": "light rain", "high_c": 9, "low_c": 3}
+
+
+def deep() -> object:
+    value: list[object] = []
+    for _ in range(100_000):
+        value = [value]
+    return value

@@ -59,6 +59,9 @@ class _TimedGenerator:
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
+    def deterministic(self, params: Mapping[str, Any]) -> bool:
+        return self.inner.deterministic(params)
+
     async def __call__(
         self,
         messages: Sequence[Mapping[str, Any]],

@@ -52,18 +52,19 @@ class RecentAnswers:
 
     def __init__(self, max_entries: int = 4096):
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, Answered] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], Answered] = OrderedDict()
 
-    def add(self, answer_id: str, answered: Answered) -> None:
-        """Remember one answer."""
-        self._entries[answer_id] = answered
-        self._entries.move_to_end(answer_id)
+    def add(self, device: str, answer_id: str, answered: Answered) -> None:
+        """Remember one answer given to ``device``."""
+        key = (device, answer_id)
+        self._entries[key] = answered
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def get(self, answer_id: str) -> Answered | None:
-        """The answer with this id, if still remembered."""
-        return self._entries.get(answer_id)
+    def get(self, device: str, answer_id: str) -> Answered | None:
+        """The answer ``device`` got with this id, if still remembered."""
+        return self._entries.get((device, answer_id))
 
 
 class FeedbackStore:

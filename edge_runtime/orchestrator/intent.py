@@ -306,15 +306,22 @@ def _clarified(intent: Intent, slots: Mapping[str, Any]) -> Intent:
 
 
 def _pick(reply: str, options: Sequence[Intent], lang: _Language) -> Intent | None:
-    folded = reply.casefold()
-    digits = "".join(ch for ch in folded if ch.isdigit())
-    if digits and 1 <= int(digits) <= len(options):
-        return options[int(digits) - 1]
-    for option in options:
-        label = lang.labels.get(option.name, option.name).casefold()
-        if label and (label in folded or folded in label or option.name.casefold() in folded):
-            return option
-    return None
+    folded = reply.casefold().strip()
+    if not folded:
+        return None
+    # "2", "2.", "option 2": one small ASCII number picks by position.
+    number = re.fullmatch(r"(?:option\s*|第)?([0-9]{1,2})(?:\.|个)?", folded)
+    if number is not None:
+        index = int(number.group(1))
+        return options[index - 1] if 1 <= index <= len(options) else None
+    # Otherwise the reply must name an option: its label or its intent name, in full.
+    named = [
+        option
+        for option in options
+        if lang.labels.get(option.name, option.name).casefold() in folded
+        or option.name.casefold() in folded
+    ]
+    return named[0] if len(named) == 1 else None
 
 
 def _lookup(reply: str, slot_list: TextSlotList) -> Any:

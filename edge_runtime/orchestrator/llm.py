@@ -38,6 +38,10 @@ class Generator(Protocol):
         """Tokens ``text`` takes."""
         ...
 
+    def deterministic(self, params: Mapping[str, Any]) -> bool:
+        """Whether a generation with ``params`` is greedy or seeded (so it can be reused)."""
+        ...
+
     async def __call__(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -72,6 +76,11 @@ class ModelGenerator:
         """Tokens ``text`` takes with this model's tokenizer."""
         return len(self.model.tokenizer.encode(text))
 
+    def deterministic(self, params: Mapping[str, Any]) -> bool:
+        """Greedy, or seeded: what the model's defaults and ``params`` make of it together."""
+        resolved = self.model.default_params(**_overrides(params))
+        return not resolved.sampling.do_sample or resolved.seed is not None
+
     async def __call__(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -82,9 +91,7 @@ class ModelGenerator:
         deadline: float | None = None,
     ) -> Generated:
         """Generate; at the deadline the generation stops and what was written is kept."""
-        overrides = dict(params)
-        if overrides.get("temperature") and "do_sample" not in overrides:
-            overrides["do_sample"] = True
+        overrides = _overrides(params)
         generation = self.model.chat(
             list(messages), self.model.default_params(**overrides), tools=tools
         )
@@ -117,3 +124,15 @@ def trim_start(sink: DeltaSink) -> DeltaSink:
         await sink(delta)
 
     return forward
+
+
+def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Request parameters as the model's overrides: a temperature of 0 means greedy."""
+    overrides = dict(params)
+    if "temperature" in overrides and "do_sample" not in overrides:
+        if overrides["temperature"] == 0:
+            overrides["do_sample"] = False
+            del overrides["temperature"]
+        else:
+            overrides["do_sample"] = True
+    return overrides

@@ -17,6 +17,8 @@ from edge_runtime.orchestrator.tools import ToolCall, ToolGateway, ToolGuard
 
 # Time kept back from tool steps for the model steps that read their results.
 _MODEL_SHARE = 0.5
+# Time kept back from model steps, before the request's deadline, to compose the answer.
+_COMPOSE_RESERVE_S = 0.2
 _SYSTEM = {
     "en": "You are an assistant on an edge device. Answer briefly, using the tool results given.",
     "zh": "你是一个运行在边缘设备上的助手。请简洁地回答，并使用给出的工具结果。",
@@ -103,12 +105,17 @@ class PlanRunner:
         try:
             remaining = ctx.deadline - started
             if step.kind in ("generate", "agent"):
-                limit = remaining
+                # The model stops a little before the request's deadline, so what it wrote
+                # and what the other steps found still make an answer.
+                limit = remaining - min(_COMPOSE_RESERVE_S, remaining * 0.1)
             else:
                 # Tools give up early enough for the model steps after them to still answer.
                 share = remaining * (1 - _MODEL_SHARE) if has_model else remaining
                 limit = min(self.step_timeout_s, share)
-            async with asyncio.timeout(max(limit, 0.0)):
+            # Model steps stop themselves at the limit and keep their text; the timeout here
+            # is the backstop, just after.
+            backstop = limit + (_COMPOSE_RESERVE_S / 2 if step.kind in ("generate", "agent") else 0)
+            async with asyncio.timeout(max(backstop, 0.0)):
                 await self._step(result, inputs, plan, ctx, started + limit)
         except TimeoutError:
             result.error = f"no answer within {max(limit, 0.0):.1f} s"
@@ -196,6 +203,7 @@ class PlanRunner:
         names = set(self.tools.tools)
         messages: list[dict[str, Any]] = [dict(m) for m in ctx.history]
         messages.append({"role": "user", "content": ctx.message})
+        attempts = 0
         while True:
             sink = _PlainTextSink(result.deltas.put)
             generated = await generate(
@@ -207,7 +215,13 @@ class PlanRunner:
             )
             result.generated = generated
             output = parse_output(generated.text, names)
-            if not isinstance(output, PlainText) and len(result.calls) >= self.max_tool_steps:
+            if isinstance(output, PlainText):
+                await sink.release()
+                result.text = output.text
+                return
+            # Bad calls count too: a model that keeps writing them must not loop forever.
+            attempts += 1
+            if attempts > self.max_tool_steps:
                 result.error = f"stopped after {self.max_tool_steps} tool calls without an answer"
                 return
             if isinstance(output, ParsedCall):
@@ -219,10 +233,6 @@ class PlanRunner:
                 )
                 result.calls.append(call)
                 observation = call.observation()
-            elif isinstance(output, PlainText):
-                await sink.release()
-                result.text = output.text
-                return
             else:
                 observation = {"error": output.reason}
             messages += _exchange(output.name, getattr(output, "arguments", {}), observation)

@@ -62,6 +62,8 @@ class _Outcome:
     answer: Answer
     # How long the answer may be cached: 0 when it used data that must not be reused.
     ttl_s: float | None = None
+    # Whether the model wrote any of it (sampling then decides whether it may be reused).
+    generated: bool = False
 
 
 class Orchestrator:
@@ -207,7 +209,7 @@ class Orchestrator:
         pending = self.short_term.pending(ask.device, session or "")
         conversation = [*history, *ask.messages]
         key = None
-        if self.cache is not None and pending is None and _deterministic(ask.params):
+        if self.cache is not None and pending is None:
             identity = self.generator.identity if self.generator is not None else ""
             key = cache_key(
                 route=route,
@@ -217,7 +219,7 @@ class Orchestrator:
                 filters=ask.filters,
             )
             hit = self.cache.get(key)
-            if hit is not None:
+            if hit is not None and await _still_allowed(hit, ask.guard):
                 answer = _from_cache(hit)
                 if sink is not None and answer.text:
                     await sink(answer.text)
@@ -228,20 +230,32 @@ class Orchestrator:
         else:
             outcome = await self._orchestrate(ask, message, history, pending, sink)
         answer = outcome.answer
+        sampled = outcome.generated and not self._deterministic(ask.params)
         if (
             key is not None
             and self.cache is not None
+            and not sampled
             and answer.finish_reason in ("stop", "length")
         ):
             self.cache.put(key, _to_cache(answer), outcome.ttl_s)
         self._remember(ask, message, answer, key)
         return answer
 
+    def _deterministic(self, params: Mapping[str, Any]) -> bool:
+        """Whether the model answers ``params`` greedily or with a seed (the answer is reusable).
+
+        Sampled answers without a seed are meant to vary: they are never cached. The model's
+        own defaults count: a generation_config.json that samples makes every answer sampled.
+        """
+        if self.generator is None:
+            return True
+        return self.generator.deterministic(params)
+
     def _remember(self, ask: Ask, message: str, answer: Answer, key: str | None) -> None:
         if ask.session:
             self.short_term.add(ask.device, ask.session, "user", message)
             self.short_term.add(ask.device, ask.session, "assistant", answer.text)
-        self.recent.add(ask.id, Answered(ask.device, message, answer.text, key))
+        self.recent.add(ask.device, ask.id, Answered(ask.device, message, answer.text, key))
 
     def _params(self, ask: Ask) -> dict[str, Any]:
         params = dict(ask.params)
@@ -260,7 +274,8 @@ class Orchestrator:
             deadline=None,
         )
         text = generated.text.lstrip()
-        return _Outcome(Answer(text, generated.finish_reason, generated.usage, generated.timing))
+        answer = Answer(text, generated.finish_reason, generated.usage, generated.timing)
+        return _Outcome(answer, generated=True)
 
     async def _orchestrate(
         self,
@@ -338,7 +353,9 @@ class Orchestrator:
     async def feedback(self, body: Mapping[str, Any], device: str) -> dict[str, Any]:
         """Store a rating; a bad one takes the rated answer out of the cache."""
         rating = parse_rating(body)
-        answered = self.recent.get(rating.id)
+        # Ids come from devices (MQTT correlation data): an answer is found by its device and
+        # id, so one device can neither rate nor evict another's answers.
+        answered = self.recent.get(device, rating.id)
         if self.feedback_store is not None:
             await asyncio.to_thread(self.feedback_store.record, rating, device, answered)
         evicted = False
@@ -357,9 +374,18 @@ class Orchestrator:
         }
 
 
-def _deterministic(params: Mapping[str, Any]) -> bool:
-    """Sampled answers without a seed are meant to vary: they are never cached."""
-    return not params.get("temperature") or params.get("seed") is not None
+async def _still_allowed(hit: Mapping[str, Any], guard: ToolGuard | None) -> bool:
+    """A cached answer made tool calls: this device's filters must allow them too.
+
+    Cached answers are shared across devices; a device a filter forbids a tool gets a fresh
+    answer (with the denial), not another device's result.
+    """
+    if guard is None:
+        return True
+    for call in hit.get("tool_calls", ()):
+        if await guard(str(call["name"]), call.get("arguments", {})) is not None:
+            return False
+    return True
 
 
 def _outcome(parsed: Parse, the_plan: Plan, results: Sequence[StepResult]) -> _Outcome:
@@ -403,7 +429,7 @@ def _outcome(parsed: Parse, the_plan: Plan, results: Sequence[StepResult]) -> _O
         tuple(call.as_dict() for call in calls),
         details,
     )
-    return _Outcome(answer, ttl)
+    return _Outcome(answer, ttl, generated=bool(generated))
 
 
 def _to_cache(answer: Answer) -> dict[str, Any]:

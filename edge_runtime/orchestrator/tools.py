@@ -153,13 +153,39 @@ class MqttStateTool(Tool):
         return {"topic": topic, "value": reading.value, "age_s": round(age, 1)}
 
 
+class _Threads:
+    """A tool's own worker threads: a tool whose calls hang uses up its threads, no one else's."""
+
+    def __init__(self, name: str, size: int = 2):
+        self.name = name
+        self.size = size
+        self.busy = 0
+        self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"tool-{name}")
+
+    async def run(self, function: Callable[[], Any]) -> Any:
+        if self.busy >= self.size:
+            raise ToolError(f"{self.name}: busy: {self.busy} earlier calls are still running")
+        self.busy += 1
+        future = asyncio.get_running_loop().run_in_executor(self.executor, function)
+
+        def done(_: object) -> None:
+            self.busy -= 1
+
+        # Counted until the thread is really free, not until the caller stops waiting.
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class SqliteTool(Tool):
     """One named, parameterized query on a database opened read-only."""
 
-    def __init__(self, settings: ToolSettings, executor: ThreadPoolExecutor):
+    def __init__(self, settings: ToolSettings):
         super().__init__(settings)
         assert settings.query is not None and settings.database is not None
-        self._executor = executor
+        self._threads = _Threads(settings.name)
         self._database = Path(settings.database)
         self._query = settings.query.strip().rstrip(";")
         if ";" in self._query:
@@ -172,8 +198,10 @@ class SqliteTool(Tool):
 
     async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
         deadline = time.monotonic() + timeout
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._select, arguments, deadline)
+        return await self._threads.run(lambda: self._select(arguments, deadline))
+
+    async def close(self) -> None:
+        self._threads.close()
 
     def _select(self, arguments: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
         uri = f"{self._database.resolve().as_uri()}?mode=ro"
@@ -220,20 +248,29 @@ class HttpTool(Tool):
 
     async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
         assert self.settings.url is not None
-        url = _expand(self.settings.url, arguments, quote=True)
+        for key, value in arguments.items():
+            if isinstance(value, str) and value.strip() in (".", ".."):
+                # Quoting leaves dots alone, and a ".." segment would climb out of the path.
+                raise ToolError(f"{self.name}: {key} may not be {value.strip()!r}")
+        url = str(httpx.URL(_expand(self.settings.url, arguments, quote=True)))
         if not self._allowed(url):
             raise ToolError(f"{self.name}: {url} is not allowed")
         cap = self.settings.max_output_bytes
         body = json.dumps(arguments).encode() if self.settings.method == "POST" else None
         headers = dict(self.settings.headers)
+        # The cap counts bytes on the wire: a compressed answer could inflate far past it.
+        headers["accept-encoding"] = "identity"
         if body is not None:
             headers.setdefault("content-type", "application/json")
         try:
             async with self._client.stream(
                 self.settings.method, url, content=body, headers=headers, timeout=timeout
             ) as response:
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("identity", ""):
+                    raise ToolError(f"{self.name}: answer is {encoding}-encoded; ask for identity")
                 data = bytearray()
-                async for piece in response.aiter_bytes():
+                async for piece in response.aiter_raw():
                     data += piece
                     if len(data) > cap:
                         raise ToolError(f"{self.name}: answer is over {cap} bytes")
@@ -250,7 +287,7 @@ class HttpTool(Tool):
         if "json" in kind or text.lstrip().startswith(("{", "[")):
             try:
                 return json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         return text
 
@@ -258,18 +295,20 @@ class HttpTool(Tool):
 class PythonTool(Tool):
     """A function from an installed package, found by entry point."""
 
-    def __init__(self, settings: ToolSettings, executor: ThreadPoolExecutor):
+    def __init__(self, settings: ToolSettings):
         super().__init__(settings)
         assert settings.entry_point is not None
-        self._executor = executor
         self._function = load_entry_point(settings.entry_point)
+        self._threads = _Threads(settings.name)
+
+    async def close(self) -> None:
+        self._threads.close()
 
     async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
         try:
             if inspect.iscoroutinefunction(self._function):
                 return await self._function(**arguments)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, lambda: self._function(**arguments))
+            return await self._threads.run(lambda: self._function(**arguments))
         except ToolError:
             raise
         except Exception as exc:
@@ -324,9 +363,8 @@ class ToolGateway:
         clock: Callable[[], float] = time.monotonic,
     ) -> ToolGateway:
         """Instantiate the declared tools; a tool that cannot work is a ToolConfigError now."""
-        # Sync tools (sqlite, python functions) run here, never on the event loop. A function
-        # that hangs keeps its thread; the call still ends at its timeout.
-        executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tools")
+        # Sync tools (sqlite, python functions) run on threads of their own, never on the
+        # event loop. A function that hangs keeps its thread; the call still ends at its timeout.
         client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         tools: dict[str, Tool] = {}
         for spec in declared:
@@ -335,19 +373,22 @@ class ToolGateway:
                 if spec.kind == "mqtt_state":
                     tool = MqttStateTool(spec, state if state is not None else StateStore())
                 elif spec.kind == "sqlite":
-                    tool = SqliteTool(spec, executor)
+                    tool = SqliteTool(spec)
                 elif spec.kind == "http":
                     tool = HttpTool(spec, http_allow, client)
                 else:
-                    tool = PythonTool(spec, executor)
+                    tool = PythonTool(spec)
             except ToolConfigError:
-                executor.shutdown(wait=False)
+                for built in tools.values():
+                    if isinstance(built, SqliteTool | PythonTool):
+                        built._threads.close()
                 raise
             tools[spec.name] = tool
 
         async def close() -> None:
             await client.aclose()
-            executor.shutdown(wait=False, cancel_futures=True)
+            for built in tools.values():
+                await built.close()
 
         gateway = cls(tools=tools, clock=clock)
         gateway._closers.append(close)
@@ -401,6 +442,9 @@ class ToolGateway:
             output = _capped(name, output, tool.settings.max_output_bytes)
         except ToolError as exc:
             return ToolCall(name, args, error=str(exc), duration_s=self.clock() - started)
+        except Exception as exc:  # a tool or guard bug is this call's failure, nobody else's
+            error = f"{name}: {type(exc).__name__}: {exc}"
+            return ToolCall(name, args, error=error, duration_s=self.clock() - started)
         return ToolCall(
             name,
             checked,
@@ -413,7 +457,7 @@ class ToolGateway:
 def _capped(name: str, output: Any, cap: int) -> Any:
     try:
         encoded = json.dumps(output, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ToolError(f"{name}: output is not JSON: {exc}") from None
     size = len(encoded.encode())
     if size > cap:
