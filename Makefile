@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 CONFIG ?= edge-runtime.toml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test check lint typecheck bench install clean system-deps
+.PHONY: run test check lint typecheck bench install clean system-deps install-service \
+	uninstall-service
 
 # Real peers the tests talk to, as tool:Debian-package pairs.
 DEB_TOOLS := mosquitto:mosquitto mosquitto_rr:mosquitto-clients mosquitto_sub:mosquitto-clients \
-	coap-client-notls:libcoap3-bin
+	coap-client-notls:libcoap3-bin systemd-analyze:systemd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,15 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/edge-runtime bench model
+
+# As root: the package in a venv under /opt/edge-runtime, models and filters beside it, the
+# config in /etc/edge-runtime (kept if present), the unit, then systemctl daemon-reload.
+install-service:
+	packaging/install.sh
+
+# Undoes install-service; the config and the state directory stay unless PURGE=1.
+uninstall-service:
+	packaging/uninstall.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -7,12 +7,13 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edge_runtime import __version__
-from edge_runtime.config import DEFAULT_CONFIG_NAME
+from edge_runtime.config import DEFAULT_CONFIG_NAME, Settings
 from edge_runtime.errors import EdgeRuntimeError
 
 log = logging.getLogger("edge_runtime")
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     _config_arg(serve)
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text: one line per record with journald priorities; json: one object per line "
+        "(default: log.format in the config)",
+    )
+
+    devices = commands.add_parser("devices", help="the devices that registered with this box")
+    _config_arg(devices)
+    devices.add_argument("--json", action="store_true", help="print one JSON list")
 
     ask = commands.add_parser("ask", help="send one request to a running daemon")
     where = ask.add_mutually_exclusive_group()
@@ -177,9 +188,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from edge_runtime import daemon
         from edge_runtime.device import resolve_settings
+        from edge_runtime.logs import configure
 
-        resolved = resolve_settings(args.config or default_config())
-        return asyncio.run(daemon.serve(resolved.settings, threads=resolved.threads))
+        config = args.config or default_config()
+        resolved = resolve_settings(config)
+        settings = resolved.settings
+        configure(
+            "debug" if args.verbose else settings.log.level,
+            args.log_format or settings.log.format,
+        )
+
+        def reload() -> Settings:
+            return resolve_settings(config).settings
+
+        return asyncio.run(
+            daemon.serve(settings, threads=resolved.threads, reload=reload if config else None)
+        )
+    if args.command == "devices":
+        return _devices(args)
     if args.command == "ask":
         from edge_runtime.ask import ask_coap, ask_mqtt
 
@@ -223,13 +249,50 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from edge_runtime.config import load_settings
+    from edge_runtime.devices import DeviceRegistry
+
+    settings = load_settings(args.config or default_config())
+    path = settings.state_dir / "devices.db"
+    if not path.is_file():
+        print(f"edge-runtime: no device has registered yet ({path})", file=sys.stderr)
+        return 1
+    registry = DeviceRegistry(path)
+    try:
+        found = registry.all()
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps([d.as_dict() for d in found], indent=2))
+        return 0
+    rows = [
+        [
+            d.id,
+            d.kind or "-",
+            ",".join(d.capabilities) or "-",
+            d.source,
+            "online" if d.online else "offline",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.last_seen)),
+        ]
+        for d in found
+    ]
+    headers = ["device", "kind", "capabilities", "via", "status", "last seen"]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    for row in [headers, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
 def _feedback_export(args: argparse.Namespace) -> int:
     from edge_runtime.config import load_settings
     from edge_runtime.orchestrator.feedback import FeedbackStore
 
     config = args.config or default_config()
     settings = load_settings(config)
-    path = settings.orchestrator.state_dir / "feedback.db"
+    path = settings.state_dir / "feedback.db"
     if not path.is_file():
         print(f"edge-runtime: no feedback recorded yet ({path})", file=sys.stderr)
         return 1

@@ -65,6 +65,8 @@ class LimitSettings(_Section):
     max_concurrent: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
     max_payload_bytes: int = Field(64 * 1024, ge=256)
+    # On SIGTERM, requests under way get this long to finish.
+    shutdown_grace_s: float = Field(30.0, ge=0)
     # 0: no bound. Used for systemd's MemoryMax and checked by `doctor` against the model size.
     memory_max_mb: int = Field(0, ge=0)
 
@@ -83,6 +85,17 @@ class LogSettings(_Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    # Also publish records at or above this level to <prefix>/logs/<node> (JSON, QoS 0).
+    mqtt_level: Literal["off", "debug", "info", "warning", "error"] = "off"
+
+
+class MetricsSettings(_Section):
+    """The local Prometheus endpoint (/metrics) and /health."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 picks a free port (the daemon logs which).
+    port: int = Field(9464, ge=0, le=65535)
 
 
 class FilterSettings(_Section):
@@ -255,8 +268,6 @@ class OrchestratorSettings(_Section):
     memory_ttl_s: float = Field(1800.0, gt=0)
     max_sessions: int = Field(4096, ge=1)
     max_facts_per_device: int = Field(1000, ge=1)
-    # Long-term memory and feedback live here (systemd's StateDirectory on a box).
-    state_dir: Path = Path("state")
     # Ratings run 1..5; at or below this an answer is bad and leaves the cache.
     bad_rating: int = Field(2, ge=1, le=5)
 
@@ -266,12 +277,16 @@ class Settings(_Section):
 
     model_provider: Literal["onnx"] = "onnx"
     timeout_seconds: float = Field(30.0, gt=0)
+    # Long-term memory, feedback and the device registry live here (SQLite files); under
+    # systemd, the unit's StateDirectory.
+    state_dir: Path = Path("state")
     model: ModelSettings = ModelSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     quantization: QuantizationSettings = QuantizationSettings()
     limits: LimitSettings = LimitSettings()
     device: DeviceSettings = DeviceSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     filter_host: FilterHostSettings = FilterHostSettings()
     filters: tuple[FilterSettings, ...] = ()
     mqtt: MqttSettings = MqttSettings()
@@ -365,7 +380,6 @@ _PATH_KEYS = (
     ("mqtt", "tls_ca"),
     ("mqtt", "tls_cert"),
     ("mqtt", "tls_key"),
-    ("orchestrator", "state_dir"),
 )
 _FILTER_PATH_KEYS = ("module", "config_file")
 
@@ -383,6 +397,8 @@ def _anchor_paths(combined: dict[str, Any], user: Mapping[str, Any], base: Path)
         if isinstance(table, Mapping) and key in table and isinstance(out.get(section), Mapping):
             out[section] = dict(out[section])
             out[section][key] = _anchored(table[key], base)
+    if "state_dir" in user:
+        out["state_dir"] = _anchored(user["state_dir"], base)
     orchestrator = user.get("orchestrator")
     if isinstance(orchestrator, Mapping) and isinstance(orchestrator.get("templates"), list):
         out["orchestrator"] = dict(out["orchestrator"])

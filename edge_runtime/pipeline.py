@@ -20,6 +20,7 @@ from edge_runtime.codec import (
     encode,
     media_type,
 )
+from edge_runtime.devices import DeviceRegistry
 from edge_runtime.errors import (
     BusyError,
     DeadlineExceededError,
@@ -29,7 +30,9 @@ from edge_runtime.errors import (
 from edge_runtime.filters.chain import Exchange, FilterChain
 from edge_runtime.filters.service import FilterService
 from edge_runtime.filters.stream import HttpStream, LocalResponse, get_header
+from edge_runtime.logs import request_id
 from edge_runtime.messages import Chunk, Request, Response, Status, Timing, Usage
+from edge_runtime.metrics import Metrics
 from edge_runtime.model.runtime import Model
 from edge_runtime.orchestrator.llm import ModelGenerator
 from edge_runtime.orchestrator.service import Ask, Orchestrator
@@ -67,6 +70,8 @@ class Pipeline:
         orchestrator: Orchestrator | None = None,
         model: Model | None = None,
         filters: FilterService | None = None,
+        devices: DeviceRegistry | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
@@ -75,11 +80,21 @@ class Pipeline:
             orchestrator = Orchestrator.for_model(ModelGenerator(model))
         self.orchestrator = orchestrator
         self._filters = filters
+        self._devices = devices
+        self._metrics = metrics
         self._clock = clock
+        # Set on SIGTERM: new requests are turned away while those under way finish.
+        self.draining = False
+        self.busy = 0
         # Every filter callback runs on this one thread: a wasmtime store has one owner.
         self._filter_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filters")
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return self._waiting
 
     def close(self) -> None:
         """Stop the filter thread."""
@@ -98,17 +113,41 @@ class Pipeline:
         ``stream`` overrides the body's own ``stream`` field (CoAP jobs always stream).
         """
         started = self._clock()
+        token = request_id.set(request.id)
+        self.busy += 1
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
         try:
+            response = await self._admit(request, sink, started, stream)
+        finally:
+            self.busy -= 1
+            request_id.reset(token)
+            if self._metrics is not None:
+                self._metrics.in_flight.dec()
+        if self._metrics is not None:
+            self._metrics.observe(request.transport, response, self._clock() - started)
+        return response
+
+    async def _admit(
+        self, request: Request, sink: ChunkSink | None, started: float, stream: bool | None
+    ) -> Response:
+        try:
+            if self.draining:
+                raise BusyError("this node is shutting down", retry_after=1.0)
             if request.kind == "feedback":
                 # A rating is a small write: it never waits behind generations for a slot.
                 return await self._handle(request, sink, started, stream)
             if self._waiting >= self.settings.max_queue and self._slots.locked():
                 raise BusyError("too many requests waiting", retry_after=1.0)
             self._waiting += 1
+            if self._metrics is not None:
+                self._metrics.queued.inc()
             try:
                 await self._slots.acquire()
             finally:
                 self._waiting -= 1
+                if self._metrics is not None:
+                    self._metrics.queued.dec()
             try:
                 return await self._handle(request, sink, started, stream)
             finally:
@@ -132,6 +171,7 @@ class Pipeline:
                 "device.id": request.device_id.encode(),
                 "request.protocol": request.transport.encode(),
                 "request.id": request.id.encode(),
+                **self._device_properties(request.device_id),
             },
         )
         chain_exchange: tuple[FilterChain, Exchange] | None = None
@@ -195,11 +235,28 @@ class Pipeline:
             begun.add_done_callback(end_when_begun)
             raise
 
+    def _device_properties(self, device_id: str) -> dict[str, bytes]:
+        """device.registered and device.kind, from the device registry."""
+        if self._devices is None:
+            return {}
+        self._devices.seen(device_id)
+        kind = self._devices.kind(device_id)
+        return {
+            "device.registered": b"true" if kind is not None else b"false",
+            "device.kind": (kind or "").encode(),
+        }
+
     async def _request_phase(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
         assert self._filters is not None
+        started = time.perf_counter()
         chain, exchange = await self._on_filter_thread(self._filters.begin, stream)
+        self._time_phase("request", started)
         await self._wait_resumed(chain, exchange)
         return chain, exchange
+
+    def _time_phase(self, phase: str, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.filter_phase.labels(phase).observe(time.perf_counter() - started)
 
     async def _wait_resumed(self, chain: FilterChain, exchange: Exchange) -> None:
         assert self._filters is not None
@@ -232,7 +289,9 @@ class Pipeline:
             (b"content-type", kind.encode()),
         ]
         stream.response_body[:] = encode(payload, JSON)
+        started = time.perf_counter()
         await self._on_filter_thread(chain.response, exchange)
+        self._time_phase("response", started)
         await self._wait_resumed(chain, exchange)
         # Filters may have rewritten the answer (redaction): take the text back from the body.
         try:

@@ -89,7 +89,8 @@ def build(
     settings = Settings.model_validate(
         {
             "tools": TOOLS if tools is None else tools,
-            "orchestrator": {"state_dir": str(tmp_path / "state"), **orchestrator},
+            "state_dir": str(tmp_path / "state"),
+            "orchestrator": orchestrator,
         }
     )
     return Orchestrator.build(settings, generator=model)

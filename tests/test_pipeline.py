@@ -186,7 +186,7 @@ def test_filters_see_tool_calls_and_may_deny_them(tmp_path: Path, tiny_model: Mo
                     "parameters": {"city": {}},
                 }
             ],
-            "orchestrator": {"state_dir": str(tmp_path / "state")},
+            "state_dir": str(tmp_path / "state"),
         }
     )
 
@@ -268,7 +268,7 @@ def _orchestrated(
                     "answer": {"en": "{city}: {condition}"},
                 }
             ],
-            "orchestrator": {"state_dir": str(tmp_path / "state")},
+            "state_dir": str(tmp_path / "state"),
         }
     )
     generator = model if isinstance(model, SlowModel) else ModelGenerator(model)

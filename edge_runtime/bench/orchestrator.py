@@ -84,9 +84,9 @@ def _settings(port: int, state_dir: Path, caching: bool) -> Settings:
     return Settings.model_validate(
         {
             "enable_caching": caching,
+            "state_dir": str(state_dir),
             "orchestrator": {
                 "http_allow": [f"http://127.0.0.1:{port}/"],
-                "state_dir": str(state_dir),
                 "languages": ["en", "zh-CN"],
             },
             "tools": [

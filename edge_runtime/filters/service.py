@@ -154,6 +154,10 @@ class FilterService:
         """Prometheus collectors: the filters' own metrics and the host's counters per filter."""
         return [self.env.metrics, ChainStats(lambda: self._chain.filters)]
 
+    def chain_filters(self) -> list[FilterSupervisor]:
+        """The filters of the chain serving now (safe from any thread: a snapshot)."""
+        return list(self._chain.filters)
+
     @property
     def chain(self) -> FilterChain:
         """The chain new requests enter (call from the chain's thread)."""

@@ -138,7 +138,7 @@ class Orchestrator:
             devices=conf.devices,
             ambiguity_margin=conf.ambiguity_margin,
         )
-        state_dir = conf.state_dir
+        state_dir = settings.state_dir
         return cls(
             parser=parser,
             tools=tools,
@@ -185,6 +185,14 @@ class Orchestrator:
             feedback=None,
             tool_answers={},
         )
+
+    def adopt(self, old: Orchestrator) -> None:
+        """Take over the conversations of the orchestrator this one replaces (on a reload).
+
+        The cache is not carried over: tools, templates or answers may have changed.
+        """
+        self.short_term = old.short_term
+        self.recent = old.recent
 
     async def close(self) -> None:
         """Close the tools' clients and the databases."""

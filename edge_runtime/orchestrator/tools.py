@@ -10,6 +10,7 @@ import re
 import sqlite3
 import time
 import urllib.parse
+from collections import Counter as CounterType
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -351,6 +352,8 @@ class ToolGateway:
 
     tools: dict[str, Tool]
     clock: Callable[[], float] = time.monotonic
+    # Calls by (tool, outcome): ok, denied or error; read by the metrics endpoint.
+    outcomes: CounterType[tuple[str, str]] = field(default_factory=CounterType)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
@@ -441,10 +444,14 @@ class ToolGateway:
                 raise ToolError(f"{name}: no answer within {limit:.1f} s") from None
             output = _capped(name, output, tool.settings.max_output_bytes)
         except ToolError as exc:
+            outcome = "denied" if ": denied: " in str(exc) else "error"
+            self.outcomes[(name, outcome)] += 1
             return ToolCall(name, args, error=str(exc), duration_s=self.clock() - started)
         except Exception as exc:  # a tool or guard bug is this call's failure, nobody else's
+            self.outcomes[(name, "error")] += 1
             error = f"{name}: {type(exc).__name__}: {exc}"
             return ToolCall(name, args, error=error, duration_s=self.clock() - started)
+        self.outcomes[(name, "ok")] += 1
         return ToolCall(
             name,
             checked,

@@ -10,6 +10,12 @@ from edge_runtime.messages import Chunk, Request, Response
 ChunkSink = Callable[[Chunk], Awaitable[None]]
 # Turns a Response into the body a device receives (answer or error).
 PayloadOf = Callable[[Response], dict[str, Any]]
+# A device announced itself: its id and its description (MQTT birth payload).
+DeviceBirth = Callable[[str, bytes], None]
+# A device registered over CoAP: its id, kind and capabilities.
+DeviceRegister = Callable[[str, str, tuple[str, ...]], None]
+# The node's health report: {"status": ..., "reasons": [...]}.
+HealthReport = Callable[[], dict[str, Any]]
 
 
 class Handler(Protocol):

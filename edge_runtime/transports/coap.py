@@ -11,10 +11,11 @@ from typing import Any
 import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
+from aiocoap.util import linkformat
 
 from edge_runtime.codec import CBOR, JSON, TEXT, encode
 from edge_runtime.messages import Chunk, Request, RequestKind, Response, Status
-from edge_runtime.transports import Handler, PayloadOf
+from edge_runtime.transports import DeviceRegister, Handler, HealthReport, PayloadOf
 
 log = logging.getLogger("edge_runtime.coap")
 
@@ -229,15 +230,77 @@ class JobResource(resource.ObservableResource):  # type: ignore[misc]
 
 
 class HealthResource(resource.Resource):  # type: ignore[misc]
-    """GET /health: whether this node serves."""
+    """GET /health: ready, degraded (with reasons) or not ready (5.03)."""
 
     rt = "edge-runtime.health"
     ct = "50"
 
+    def __init__(self, report: HealthReport | None):
+        super().__init__()
+        self._report = report
+
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
-        return aiocoap.Message(
-            code=Code.CONTENT, payload=json.dumps({"status": "ready"}).encode(), content_format=50
-        )
+        report = self._report() if self._report is not None else {"status": "ready"}
+        code = Code.SERVICE_UNAVAILABLE if report["status"] == "not_ready" else Code.CONTENT
+        return aiocoap.Message(code=code, payload=json.dumps(report).encode(), content_format=50)
+
+
+class DirectoryResource(resource.Resource):  # type: ignore[misc]
+    """POST /rd?ep=<id>: a device registers itself (RFC 9176 style).
+
+    The body is link-format (Content-Format 40: ``</temp>;rt="temperature"``, the rt values
+    become its capabilities and ``?et=`` or ``d=`` its kind) or JSON (50: ``{"kind",
+    "capabilities"}``). Answers 2.01 Created with Location-Path ``rd/<id>``.
+    """
+
+    rt = "core.rd"
+    ct = "40 50"
+
+    def __init__(self, register: DeviceRegister, max_payload_bytes: int):
+        super().__init__()
+        self._register = register
+        self._max = max_payload_bytes
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        if len(request.payload) > self._max:
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self._max)
+        query = dict(q.split("=", 1) for q in request.opt.uri_query if "=" in q)
+        device = query.get("ep", "")
+        if not device or len(device) > 128 or "/" in device:
+            return _error(Code.BAD_REQUEST, "give the device id as ?ep=<id>", 50)
+        fmt = request.opt.content_format
+        try:
+            if fmt is None or int(fmt) == 40:
+                kind, capabilities = _link_format(request.payload)
+                kind = str(query.get("et") or query.get("d") or kind)
+            elif int(fmt) == 50:
+                kind, capabilities = _json_description(request.payload)
+            else:
+                return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use link-format (40) or JSON", 50)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return _error(Code.BAD_REQUEST, f"cannot read the description: {exc}", 50)
+        self._register(device, kind[:128], tuple(c[:128] for c in capabilities[:256]))
+        return aiocoap.Message(code=Code.CREATED, location_path=("rd", device))
+
+
+def _link_format(payload: bytes) -> tuple[str, list[str]]:
+    links = linkformat.parse(payload.decode("utf-8")).links if payload else []
+    capabilities: list[str] = []
+    for link in links:
+        for name, value in link.attr_pairs:
+            if name == "rt":
+                capabilities.extend(str(value).split())
+    return "", capabilities
+
+
+def _json_description(payload: bytes) -> tuple[str, list[str]]:
+    data = json.loads(payload.decode("utf-8")) if payload else {}
+    if not isinstance(data, dict):
+        raise ValueError("a description is a JSON object")
+    kind, capabilities = data.get("kind", ""), data.get("capabilities", [])
+    if not isinstance(kind, str) or not isinstance(capabilities, list):
+        raise ValueError("kind is a string and capabilities a list")
+    return kind, [str(c) for c in capabilities]
 
 
 def _error(code: Code, message: str, fmt: int) -> aiocoap.Message:
@@ -261,13 +324,17 @@ class CoapTransport:
         host: str = "::",
         port: int = 5683,
         max_payload_bytes: int = 64 * 1024,
+        health: HealthReport | None = None,
+        register: DeviceRegister | None = None,
     ):
         self._site = resource.Site()
         self._site.add_resource(
             [".well-known", "core"], resource.WKCResource(self._site.get_resources_as_linkheader)
         )
         self._site.add_resource(["infer"], InferResource(handler, payload_of, max_payload_bytes))
-        self._site.add_resource(["health"], HealthResource())
+        self._site.add_resource(["health"], HealthResource(health))
+        if register is not None:
+            self._site.add_resource(["rd"], DirectoryResource(register, max_payload_bytes))
         self._site.add_resource(
             ["feedback"], FeedbackResource(handler, payload_of, max_payload_bytes)
         )

@@ -27,7 +27,7 @@ from edge_runtime.config import MqttSettings
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.messages import Chunk, ChunkType, Request, RequestKind
 from edge_runtime.state import StateStore
-from edge_runtime.transports import Handler, PayloadOf
+from edge_runtime.transports import DeviceBirth, Handler, PayloadOf
 
 log = logging.getLogger("edge_runtime.mqtt")
 
@@ -42,6 +42,7 @@ class MqttTransport:
         payload_of: PayloadOf,
         *,
         state: StateStore | None = None,
+        on_device: DeviceBirth | None = None,
     ):
         if not settings.node_id:
             settings = settings.model_copy(update={"node_id": socket.gethostname()})
@@ -49,6 +50,8 @@ class MqttTransport:
         self._handler = handler
         self._payload_of = payload_of
         self._state = state
+        self._on_device = on_device
+        self._taking_requests = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._answered: OrderedDict[str, list[tuple[str, bytes, Properties | None]]] = OrderedDict()
@@ -99,6 +102,27 @@ class MqttTransport:
     def feedback_filter(self) -> str:
         """Ratings of answers, on ``<prefix>/feedback/<device>``; shared like requests."""
         return self._shared(f"{self.settings.prefix}/feedback/+")
+
+    @property
+    def devices_filter(self) -> str:
+        """Devices' retained birth messages, ``<prefix>/devices/<id>``; every box reads them."""
+        return f"{self.settings.prefix}/devices/+"
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up."""
+        return self._connected.is_set()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Fire-and-forget publish at QoS 0 (log records); dropped while disconnected."""
+        if self._connected.is_set():
+            self.client.publish(topic, payload, qos=0)
+
+    async def stop_taking_requests(self) -> None:
+        """Unsubscribe from requests (a shutdown): the share group's other boxes take them."""
+        self._taking_requests = False
+        if self._connected.is_set():
+            self.client.unsubscribe([self.request_filter, self.feedback_filter])
 
     def _shared(self, topic: str) -> str:
         group = self.settings.share_group
@@ -184,8 +208,11 @@ class MqttTransport:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe on every connect: a durable session may have lost $share subscriptions.
-        client.subscribe(self.request_filter, qos=1)
-        client.subscribe(self.feedback_filter, qos=1)
+        if self._taking_requests:
+            client.subscribe(self.request_filter, qos=1)
+            client.subscribe(self.feedback_filter, qos=1)
+        if self._on_device is not None:
+            client.subscribe(self.devices_filter, qos=1)
         if self._state is not None:
             # Every box keeps its own copy of device state: these are never shared.
             for topic in self.settings.state_topics:
@@ -218,6 +245,12 @@ class MqttTransport:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
         prefix = self.settings.prefix
+        if self._on_device is not None and message.topic.startswith(f"{prefix}/devices/"):
+            device = message.topic[len(prefix) + len("/devices/") :]
+            if device and "/" not in device:
+                self._loop.call_soon_threadsafe(self._on_device, device, bytes(message.payload))
+            client.ack(message.mid, message.qos)
+            return
         if self._state is not None and not message.topic.startswith(
             (f"{prefix}/req/", f"{prefix}/feedback/")
         ):

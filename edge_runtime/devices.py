@@ -1,0 +1,149 @@
+"""The device registry: who announced itself, what it is and can do, and when it was last seen."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MAX_DESCRIPTION = 16 * 1024
+# last_seen is written at most this often per device: a chatty sensor is not a disk load.
+_SEEN_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One registered device."""
+
+    id: str
+    kind: str
+    capabilities: tuple[str, ...]
+    source: str
+    registered: float
+    last_seen: float
+    online: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """The device as `edge-runtime devices --json` prints it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "capabilities": list(self.capabilities),
+            "source": self.source,
+            "registered": self.registered,
+            "last_seen": self.last_seen,
+            "online": self.online,
+        }
+
+
+class DescriptionError(ValueError):
+    """A birth message or registration that cannot be read."""
+
+
+def parse_json_description(payload: bytes) -> tuple[str, tuple[str, ...], bool]:
+    """``{"kind", "capabilities": [...]}`` (or the retained ``offline`` a will leaves)."""
+    if len(payload) > _MAX_DESCRIPTION:
+        raise DescriptionError(f"description is over {_MAX_DESCRIPTION} bytes")
+    text = payload.decode("utf-8", "replace").strip()
+    if text in ("offline", '"offline"'):
+        return "", (), False
+    try:
+        data = json.loads(text) if text else {}
+    except (ValueError, RecursionError) as exc:
+        raise DescriptionError(f"not JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise DescriptionError("a description is a JSON object")
+    kind = data.get("kind", "")
+    capabilities = data.get("capabilities", [])
+    if not isinstance(kind, str) or not isinstance(capabilities, list):
+        raise DescriptionError("kind is a string and capabilities a list")
+    online = data.get("status", "online") != "offline"
+    return kind[:128], tuple(str(c)[:128] for c in capabilities[:256]), online
+
+
+class DeviceRegistry:
+    """Devices in SQLite under the state directory; safe to use from several threads."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+            " capabilities TEXT NOT NULL, source TEXT NOT NULL, registered REAL NOT NULL,"
+            " last_seen REAL NOT NULL, online INTEGER NOT NULL)"
+        )
+        # Reads on the request path come from this copy, not from the database.
+        self._written: dict[str, float] = {}
+        self._known: dict[str, str] = dict(
+            self._db.execute("SELECT id, kind FROM devices").fetchall()
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def register(
+        self,
+        device_id: str,
+        kind: str,
+        capabilities: tuple[str, ...],
+        *,
+        source: str,
+        online: bool = True,
+    ) -> None:
+        """Record (or update) a device's own description of itself."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO devices (id, kind, capabilities, source, registered, last_seen,"
+                " online) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " kind = CASE WHEN excluded.kind = '' THEN kind ELSE excluded.kind END,"
+                " capabilities = CASE WHEN excluded.kind = '' THEN capabilities"
+                " ELSE excluded.capabilities END,"
+                " source = excluded.source, last_seen = excluded.last_seen,"
+                " online = excluded.online",
+                (device_id, kind, json.dumps(list(capabilities)), source, now, now, int(online)),
+            )
+            row = self._db.execute("SELECT kind FROM devices WHERE id = ?", (device_id,)).fetchone()
+            self._known[device_id] = row[0]
+
+    def seen(self, device_id: str) -> None:
+        """A registered device just sent a request (written at most every few seconds)."""
+        if device_id not in self._known:
+            return
+        now = self._clock()
+        if now - self._written.get(device_id, 0.0) < _SEEN_EVERY_S:
+            return
+        self._written[device_id] = now
+        with self._lock:
+            self._db.execute(
+                "UPDATE devices SET last_seen = ?, online = 1 WHERE id = ?",
+                (self._clock(), device_id),
+            )
+
+    def kind(self, device_id: str) -> str | None:
+        """The kind a registered device gave, or None for a device that never registered."""
+        return self._known.get(device_id)
+
+    def all(self) -> list[Device]:
+        """Every device, most recently seen first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, kind, capabilities, source, registered, last_seen, online"
+                " FROM devices ORDER BY last_seen DESC"
+            ).fetchall()
+        return [
+            Device(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], bool(row[6]))
+            for row in rows
+        ]
