@@ -137,7 +137,7 @@ def test_ready_watchdog_reload_and_stop(tmp_path: Path, broker: int, notify: Not
         notify.wait_for("WATCHDOG=1", after=first_ping + 1)
         daemon.send_signal(signal.SIGHUP)
         reloading = notify.wait_for("RELOADING=1", after=ready + 1)
-        stamp = [l for l in notify.messages[reloading] if l.startswith("MONOTONIC_USEC=")]
+        stamp = [x for x in notify.messages[reloading] if x.startswith("MONOTONIC_USEC=")]
         assert stamp and int(stamp[0].split("=")[1]) > 0
         notify.wait_for("READY=1", after=reloading)
         code = stop(daemon)
