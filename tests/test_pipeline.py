@@ -379,3 +379,31 @@ def test_the_model_defaults_decide_whether_an_answer_is_sampled(tiny_model: Mode
     assert generator.deterministic({"seed": 7}) is True
     assert generator.deterministic({"temperature": 0}) is True
     assert generator.deterministic({"temperature": 0.5}) is False
+
+
+def test_filters_read_what_the_registry_knows_of_a_device(
+    tmp_path: Path, tiny_model: Model
+) -> None:
+    import wasmtime
+
+    from edge_runtime.devices import DeviceRegistry
+
+    wat = Path(__file__).parent / "filters" / "registered_only.wat"
+    module = tmp_path / "registered_only.wasm"
+    module.write_bytes(wasmtime.wat2wasm(wat.read_text()))
+    service = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
+    service.load([FilterSettings(name="registered-only", module=module, config="{}")])
+    devices = DeviceRegistry(tmp_path / "devices.db")
+    pipeline = Pipeline(PipelineSettings(), model=tiny_model, filters=service, devices=devices)
+    body = {"prompt": "hi", "route": "echo"}
+    try:
+        refused = run(pipeline, request(body, headers=()))
+        devices.register("sensor-1", "thermometer", ("temperature",), source="mqtt")
+        allowed = run(pipeline, request(body, headers=()))
+    finally:
+        pipeline.close()
+        service.close()
+        devices.close()
+    assert (refused.status, refused.text) == (Status.FORBIDDEN, "register first")
+    assert allowed.status == Status.OK
+    assert dict(allowed.headers)["x-device-kind"] == "thermometer"

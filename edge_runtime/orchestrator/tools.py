@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "edge_runtime.tools"
 ToolGuard = Callable[[str, Mapping[str, Any]], Awaitable[str | None]]
 _PYTHON_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool}
 _TOPIC_UNSAFE = re.compile(r"[/+#\x00]")
+log = logging.getLogger("edge_runtime.tools")
 # httpx logs every request at INFO; the answer's tool_calls already tell that story.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 _SQL_PARAM = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
@@ -446,9 +447,11 @@ class ToolGateway:
         except ToolError as exc:
             outcome = "denied" if ": denied: " in str(exc) else "error"
             self.outcomes[(name, outcome)] += 1
+            log.warning("tool call %s", exc)
             return ToolCall(name, args, error=str(exc), duration_s=self.clock() - started)
         except Exception as exc:  # a tool or guard bug is this call's failure, nobody else's
             self.outcomes[(name, "error")] += 1
+            log.exception("tool call %s raised", name)
             error = f"{name}: {type(exc).__name__}: {exc}"
             return ToolCall(name, args, error=error, duration_s=self.clock() - started)
         self.outcomes[(name, "ok")] += 1
