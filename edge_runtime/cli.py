@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_orch.add_argument("--requests", type=int, default=200)
     bench_orch.add_argument("--model-requests", type=int, default=30)
+    bench_startup = bench_commands.add_parser(
+        "startup", help="start to READY (cold, cached), idle RSS and CPU, beside a bare load"
+    )
+    bench_startup.add_argument("--json", action="store_true", help="print one JSON object")
+    _config_arg(bench_startup)
+    bench_startup.add_argument("--repeats", type=int, default=3)
+    bench_startup.add_argument("--idle-seconds", type=float, default=60.0)
     bench_filters = bench_commands.add_parser("filters", help="filter chain time per request")
     bench_filters.add_argument("--json", action="store_true", help="print one JSON object")
     bench_filters.add_argument("--filters-dir", type=Path, default=Path("filters"))
@@ -466,6 +473,21 @@ def _bench(args: argparse.Namespace) -> int:
 
         found = transport.run(
             transport.TransportBenchArgs(json=args.json, requests=args.requests), sys.stdout
+        )
+        if args.json:
+            print(json.dumps(found, indent=2))
+        return 0
+    if args.bench_command == "startup":
+        from edge_runtime.bench import startup
+
+        found = startup.run(
+            startup.StartupBenchArgs(
+                json=args.json,
+                config=args.config or Path("edge-runtime.toml"),
+                repeats=args.repeats,
+                idle_s=args.idle_seconds,
+            ),
+            sys.stdout,
         )
         if args.json:
             print(json.dumps(found, indent=2))

@@ -30,8 +30,8 @@ from edge_runtime.transports.mqtt import MqttTransport
 
 log = logging.getLogger("edge_runtime.daemon")
 
-# How often filter timers, queue notices and HTTP answers are delivered.
-FILTER_POLL_S = 0.02
+# Filter timers, queue notices and HTTP answers are delivered at most this often.
+MIN_FILTER_POLL_S = 0.005
 # Asked of systemd before loading the model: a multi-GB graph takes a while to map and check.
 MODEL_LOAD_EXTENSION_S = 300.0
 # Sections a reload cannot change under a running daemon: they need a restart.
@@ -379,9 +379,12 @@ def _mqtt_label(settings: Settings) -> str:
 
 
 async def _poll_filters(pipeline: Pipeline) -> None:
+    """Deliver filter timers and HTTP answers when due; sleep when nothing is."""
     while True:
-        await pipeline.poll_filters()
-        await asyncio.sleep(FILTER_POLL_S)
+        wait = await pipeline.poll_filters()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(wait, MIN_FILTER_POLL_S)):
+                await pipeline.poll_soon.wait()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

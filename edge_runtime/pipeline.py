@@ -85,6 +85,8 @@ class Pipeline:
         self._clock = clock
         # Set on SIGTERM: new requests are turned away while those under way finish.
         self.draining = False
+        # Set after a request: its filters may have queued work or started HTTP calls.
+        self.poll_soon = asyncio.Event()
         self.busy = 0
         # Every filter callback runs on this one thread: a wasmtime store has one owner.
         self._filter_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filters")
@@ -100,10 +102,16 @@ class Pipeline:
         """Stop the filter thread."""
         self._filter_thread.shutdown(wait=True)
 
-    async def poll_filters(self) -> None:
-        """Deliver filter timers, queue notices and HTTP answers, on the filter thread."""
-        if self._filters is not None:
-            await self._on_filter_thread(self._filters.poll)
+    async def poll_filters(self) -> float:
+        """Deliver filter timers, queue notices and HTTP answers, on the filter thread.
+
+        Returns how soon to poll again; poll_soon is set when a request may have changed that.
+        """
+        self.poll_soon.clear()
+        if self._filters is None:
+            return 3600.0
+        wait: float = await self._on_filter_thread(self._filters.poll)
+        return wait
 
     async def handle(
         self, request: Request, sink: ChunkSink | None = None, *, stream: bool | None = None
@@ -214,9 +222,19 @@ class Pipeline:
             if chain_exchange is not None and self._filters is not None:
                 chain, exchange = chain_exchange
                 await self._on_filter_thread(self._filters.end, chain, exchange)
+                self.poll_soon.set()
 
     async def _on_filter_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._filter_thread, func, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._filter_thread, self._guest, func, *args
+        )
+
+    def _guest(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run chain work with the filters' deadline clock ticking (it sleeps when idle)."""
+        if self._filters is None:
+            return func(*args)
+        with self._filters.guest():
+            return func(*args)
 
     async def _begin_guarded(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
         """begin() on the filter thread; if the caller is cancelled meanwhile, end() still runs."""
@@ -230,7 +248,7 @@ class Pipeline:
             def end_when_begun(future: asyncio.Future[tuple[FilterChain, Exchange]]) -> None:
                 if not future.cancelled() and future.exception() is None:
                     with contextlib.suppress(RuntimeError):  # the pipeline is closing
-                        self._filter_thread.submit(filters.end, *future.result())
+                        self._filter_thread.submit(self._guest, filters.end, *future.result())
 
             begun.add_done_callback(end_when_begun)
             raise
@@ -418,7 +436,7 @@ class Pipeline:
             finally:
                 # Not awaited: a call cancelled by its step timeout must still end its exchange.
                 with contextlib.suppress(RuntimeError):  # the pipeline is closing
-                    self._filter_thread.submit(self._filters.end, chain, exchange)
+                    self._filter_thread.submit(self._guest, self._filters.end, chain, exchange)
 
         return guard
 

@@ -103,6 +103,12 @@ class HttpCalls:
                 self._in_flight -= 1
                 self._done.append(result)
 
+    @property
+    def pending(self) -> int:
+        """Calls under way, and answers not yet taken."""
+        with self._lock:
+            return self._in_flight + len(self._done)
+
     def take_done(self) -> list[HttpResult]:
         """Finished calls, cleared."""
         with self._lock:

@@ -34,23 +34,52 @@ class EngineOptions:
 class EpochTicker:
     """Advances the engine's epoch every tick_ms so callbacks past their deadline trap."""
 
-    def __init__(self, engine: wasmtime.Engine, tick_ms: float):
-        self._engine = engine
+    def __init__(self, engine: wasmtime.Engine, tick_ms: float, *, gated: bool = False):
+        self._engines = [engine]
         self._period = tick_ms / 1000.0
         self._stop = threading.Event()
+        # Gated, it ticks only between enter() and leave(): an idle daemon does not wake a
+        # thousand times a second. Ungated, it always ticks (one-off runs, tests).
+        self._gated = gated
+        self._active = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wasm-epoch", daemon=True)
 
     def start(self) -> None:
         """Begin ticking."""
         self._thread.start()
 
+    def add(self, engine: wasmtime.Engine) -> None:
+        """Tick another engine too (the fuel-metered one)."""
+        self._engines = [*self._engines, engine]
+
+    def enter(self) -> None:
+        """Guest code may run from now on: tick."""
+        with self._lock:
+            self._active += 1
+            self._wake.set()
+
+    def leave(self) -> None:
+        """The guest code that enter() announced has returned."""
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                self._wake.clear()
+
     def _run(self) -> None:
-        while not self._stop.wait(self._period):
-            self._engine.increment_epoch()
+        while not self._stop.is_set():
+            if self._gated:
+                self._wake.wait()
+            if self._stop.wait(self._period):
+                return
+            for engine in self._engines:
+                engine.increment_epoch()
 
     def stop(self) -> None:
         """Stop ticking and wait for the thread."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import wasmtime
 from prometheus_client.registry import Collector
@@ -27,6 +29,11 @@ from edge_runtime.filters.metrics import ChainStats
 from edge_runtime.filters.stream import HttpStream
 from edge_runtime.filters.supervisor import FilterSupervisor, RestartPolicy
 
+# Polled this often with nothing to deliver; this soon while HTTP calls are out.
+IDLE_POLL_S = 1.0
+BUSY_POLL_S = 0.01
+P = ParamSpec("P")
+R = TypeVar("R")
 log = logging.getLogger("edge_runtime.filters")
 
 _LEVELS = {
@@ -77,8 +84,19 @@ class _Engine:
         self.options = options
         self.engine = make_engine(options)
         self.cache = ModuleCache(self.engine, options, cache_dir)
-        self.ticker = EpochTicker(self.engine, options.tick_ms)
-        self.ticker.start()
+
+
+def _runs_guest_code(method: Callable[P, R]) -> Callable[P, R]:
+    """Keep the epoch ticking while the method runs: it calls into guest code."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        service = args[0]
+        assert isinstance(service, FilterService)
+        with service.guest():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class FilterService:
@@ -96,6 +114,7 @@ class FilterService:
         self._collect_logs = collect_logs
         self._cache_dir = host.cache_dir if host.cache_dir is not None else default_cache_dir()
         self._engines: dict[bool, _Engine] = {}
+        self._ticker: EpochTicker | None = None
         self._chain = FilterChain([])
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}
@@ -112,12 +131,19 @@ class FilterService:
         if engine is None:
             options = EngineOptions(fuel=fuel, tick_ms=self.host.tick_ms)
             engine = self._engines[fuel] = _Engine(options, self._cache_dir)
+            if self._ticker is None:
+                # One ticker for every engine, and only while guest code may run (guest()).
+                self._ticker = EpochTicker(engine.engine, self.host.tick_ms, gated=True)
+                self._ticker.start()
+            else:
+                self._ticker.add(engine.engine)
         return engine
 
     def module(self, path: Path, name: str, *, fuel: bool = False) -> wasmtime.Module:
         """A compiled module (through the cache)."""
         return self._engine(fuel).cache.load(path, name)
 
+    @_runs_guest_code
     def build(self, filters: Sequence[FilterSettings]) -> FilterChain:
         """Load, instantiate and start a chain; raises the first filter that cannot start."""
         names = [f.name for f in filters]
@@ -153,6 +179,19 @@ class FilterService:
     def collectors(self) -> list[Collector]:
         """Prometheus collectors: the filters' own metrics and the host's counters per filter."""
         return [self.env.metrics, ChainStats(lambda: self._chain.filters)]
+
+    @contextlib.contextmanager
+    def guest(self) -> Iterator[None]:
+        """Guest code may run inside: deadlines tick. Outside, an idle daemon does not wake."""
+        # The engine is made on first use: make sure one (and so the ticker) exists.
+        self._engine(False)
+        ticker = self._ticker
+        assert ticker is not None
+        ticker.enter()
+        try:
+            yield
+        finally:
+            ticker.leave()
 
     def chain_filters(self) -> list[FilterSupervisor]:
         """The filters of the chain serving now (safe from any thread: a snapshot)."""
@@ -203,6 +242,7 @@ class FilterService:
         else:
             self._retired.append(chain)
 
+    @_runs_guest_code
     def begin(self, stream: HttpStream) -> tuple[FilterChain, Exchange]:
         """Run the request phase on the current chain; pair with end()."""
         self._apply_pending()
@@ -211,6 +251,7 @@ class FilterService:
             self._in_flight[id(chain)] = self._in_flight.get(id(chain), 0) + 1
         return chain, chain.request(stream)
 
+    @_runs_guest_code
     def run(
         self,
         stream: HttpStream,
@@ -246,6 +287,7 @@ class FilterService:
                 continue
             time.sleep(self.host.tick_ms / 1000)
 
+    @_runs_guest_code
     def end(self, chain: FilterChain, exchange: Exchange) -> None:
         """Finish an exchange and release its chain."""
         try:
@@ -257,10 +299,12 @@ class FilterService:
                     self._retired.remove(chain)
                     chain.close()
 
-    def poll(self, now_ms: float | None = None) -> None:
-        """Deliver timers (on_tick) and queue notifications (on_queue_ready) that are due.
+    @_runs_guest_code
+    def poll(self, now_ms: float | None = None) -> float:
+        """Deliver timers (on_tick), queue notifications and HTTP answers that are due.
 
-        Runs on the thread that runs the chain; the daemon calls it every few milliseconds.
+        Runs on the thread that runs the chain. Returns how soon (seconds) it wants to be
+        called again: soon while HTTP calls are out, at the next timer, else IDLE_POLL_S.
         """
         self._apply_pending()
         now = time.monotonic() * 1000 if now_ms is None else now_ms
@@ -303,6 +347,12 @@ class FilterService:
             elif now >= due:
                 self._next_tick[instance] = now + instance.tick_period_ms
                 self._root_call(supervisor, "proxy_on_tick")
+        wait = IDLE_POLL_S
+        if self.env.http.pending:
+            wait = BUSY_POLL_S
+        for due in self._next_tick.values():
+            wait = min(wait, max(0.0, (due - now) / 1000))
+        return wait
 
     def _root_call(self, supervisor: FilterSupervisor, name: str, *args: int) -> None:
         instance = supervisor.live()
@@ -313,6 +363,7 @@ class FilterService:
         except FilterTrapError as exc:
             supervisor.trapped(exc)
 
+    @_runs_guest_code
     def close(self) -> None:
         """Finish every chain and stop the epoch tickers."""
         if self._pending is not None:
@@ -321,5 +372,5 @@ class FilterService:
         self._chain.close()
         for chain in self._retired:
             chain.close()
-        for engine in self._engines.values():
-            engine.ticker.stop()
+        if self._ticker is not None:
+            self._ticker.stop()
