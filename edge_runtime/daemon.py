@@ -282,18 +282,11 @@ class _Daemon:
             tools,
         )
         metrics.callback(
-            "edge_runtime_requests_queued_now",
-            "requests waiting for a slot",
-            "gauge",
-            [],
-            lambda: [((), self.pipeline.waiting)],
-        )
-        metrics.callback(
             "edge_runtime_devices",
             "registered devices",
             "gauge",
             [],
-            lambda: [((), len(self.devices.all()))],
+            lambda: [((), len(self.devices))],
         )
         if mqtt is not None:
             metrics.callback(

@@ -132,6 +132,9 @@ class DeviceRegistry:
                 (self._clock(), device_id),
             )
 
+    def __len__(self) -> int:
+        return len(self._known)
+
     def kind(self, device_id: str) -> str | None:
         """The kind a registered device gave, or None for a device that never registered."""
         return self._known.get(device_id)

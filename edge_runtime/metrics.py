@@ -9,13 +9,22 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_runtime.messages import Response
 
 log = logging.getLogger("edge_runtime.metrics")
+# The *_created series double every family for a timestamp nobody on a box needs.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # (label values, value) pairs a callback reports; read at scrape time.
 Samples = Iterable[tuple[tuple[str, ...], float]]
