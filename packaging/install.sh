@@ -47,6 +47,7 @@ else
 fi
 "$PREFIX/venv/bin/edge-runtime" check-config "$CONFDIR/edge-runtime.toml" > /dev/null
 
+mkdir -p "$UNITDIR"
 echo "edge-runtime: $UNITDIR/edge-runtime.service"
 sed -e "s#/opt/edge-runtime#$PREFIX#g" -e "s#/etc/edge-runtime#$CONFDIR#g" \
     packaging/edge-runtime.service > "$UNITDIR/edge-runtime.service"

@@ -447,7 +447,7 @@ class ToolGateway:
         except ToolError as exc:
             outcome = "denied" if ": denied: " in str(exc) else "error"
             self.outcomes[(name, outcome)] += 1
-            log.warning("tool call %s", exc)
+            log.warning("tool %s failed: %s", name, str(exc).removeprefix(f"{name}: "))
             return ToolCall(name, args, error=str(exc), duration_s=self.clock() - started)
         except Exception as exc:  # a tool or guard bug is this call's failure, nobody else's
             self.outcomes[(name, "error")] += 1
