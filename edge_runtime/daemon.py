@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_runtime.config import Settings
 from edge_runtime.devices import DescriptionError, DeviceRegistry, parse_json_description
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.filters.service import FilterService
 from edge_runtime.health import Health
 from edge_runtime.logs import LEVELS, Forwarder
@@ -84,9 +84,18 @@ class _Daemon:
         async with AsyncExitStack() as stack:
             self._spawn(self.notifier.keep_alive(), "watchdog")
             if settings.metrics.enabled:
-                server = MetricsServer(
-                    self.metrics, self.health.report, settings.metrics.host, settings.metrics.port
-                )
+                try:
+                    server = MetricsServer(
+                        self.metrics,
+                        self.health.report,
+                        settings.metrics.host,
+                        settings.metrics.port,
+                    )
+                except OSError as exc:
+                    where = f"{settings.metrics.host}:{settings.metrics.port}"
+                    raise ConfigError(
+                        f"cannot serve metrics on {where}: {exc.strerror}", key="metrics.port"
+                    ) from None
                 server.start()
                 stack.callback(server.close)
                 log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)

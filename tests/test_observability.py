@@ -69,13 +69,12 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
     broker = free_port()
     mosquitto = start_mosquitto(mosquitto_config(tmp_path, broker, "persistence false\n"), broker)
     coap_port, metrics_port = free_udp_port(), free_port()
-    config = config_for(tmp_path, broker, coap_port)
+    config = config_for(tmp_path, broker, coap_port, metrics_port)
     # The weather tool points at a port where nothing listens: its calls fail.
     config.write_text(
         config.read_text()
         .replace('level = "info"', 'level = "info"\nmqtt_level = "info"')
         .replace("127.0.0.1:8081", f"127.0.0.1:{free_port()}")
-        + f"\n[metrics]\nport = {metrics_port}\n"
     )
     stderr = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(

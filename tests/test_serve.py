@@ -9,19 +9,21 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import free_port
 from test_coap import free_udp_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "edge-runtime"
 
 
-def config_for(tmp_path: Path, port: int, coap_port: int) -> Path:
+def config_for(tmp_path: Path, port: int, coap_port: int, metrics_port: int | None = None) -> Path:
     text = (ROOT / "edge-runtime.toml").read_text()
     text = text.replace("port = 1883", f"port = {port}")
     text = text.replace('path = "models/glm-tiny"', f'path = "{ROOT / "models" / "glm-tiny"}"')
     text = text.replace('module = "filters/', f'module = "{ROOT / "filters"}/')
     text += f'\n[filter_host]\ncache_dir = "{tmp_path / "cache"}"\n'
     text += f'\n[coap]\nhost = "::1"\nport = {coap_port}\n'
+    text += f"\n[metrics]\nport = {metrics_port or free_port()}\n"
     path = tmp_path / "edge-runtime.toml"
     path.write_text(text.replace("[mqtt]", '[mqtt]\nnode_id = "box-1"'))
     return path

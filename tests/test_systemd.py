@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from test_coap import free_udp_port
 from test_serve import EXE, ROOT, config_for, wait_online
 
@@ -69,9 +68,7 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def make_config(tmp_path: Path, broker: int) -> Path:
-    config = config_for(tmp_path, broker, free_udp_port())
-    config.write_text(config.read_text() + f"\n[metrics]\nport = {free_port()}\n")
-    return config
+    return config_for(tmp_path, broker, free_udp_port())
 
 
 def launch(tmp_path: Path, config: Path, notify: NotifySocket) -> subprocess.Popen[bytes]:
@@ -282,3 +279,20 @@ def test_the_unit_exposure_is_low() -> None:
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout + done.stderr)
     assert found is not None, done.stdout + done.stderr
     assert float(found.group(1)) <= 2.0
+
+
+def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path, broker: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = config_for(tmp_path, broker, free_udp_port(), port)
+        done = subprocess.run(
+            [str(EXE), "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"metrics.port: cannot serve metrics on 127.0.0.1:{port}" in done.stderr
