@@ -35,7 +35,17 @@ MIN_FILTER_POLL_S = 0.005
 # Asked of systemd before loading the model: a multi-GB graph takes a while to map and check.
 MODEL_LOAD_EXTENSION_S = 300.0
 # Sections a reload cannot change under a running daemon: they need a restart.
-RESTART_SECTIONS = ("model", "runtime", "mqtt", "coap", "metrics", "limits", "state_dir")
+RESTART_SECTIONS = (
+    "model",
+    "runtime",
+    "mqtt",
+    "coap",
+    "metrics",
+    "limits",
+    "state_dir",
+    "filter_host",
+    "log",
+)
 
 Reload = Callable[[], Settings]
 
@@ -226,6 +236,8 @@ class _Daemon:
             log.warning("reloaded; changes to %s need a restart to apply", ", ".join(stale))
         kept = {s: getattr(self.settings, s) for s in RESTART_SECTIONS}
         self.settings = new.model_copy(update=kept)
+        # The route default, the deadline and the stream coalescing apply to the next request.
+        self.pipeline.settings = pipeline_settings(self.settings)
         self.metrics.reloads.labels("ok").inc()
         log.info(
             "configuration reloaded: %d filter(s), %d tool(s)", len(new.filters), len(new.tools)
@@ -249,15 +261,21 @@ class _Daemon:
     # Devices ----------------------------------------------------------------
 
     def _device_birth(self, device_id: str, payload: bytes) -> None:
+        if not payload:
+            # The retained birth message was cleared: the device is gone.
+            self.devices.forget(device_id)
+            return
         try:
             kind, capabilities, online = parse_json_description(payload)
         except DescriptionError as exc:
-            log.warning("device %s: ignored its birth message: %s", device_id, exc)
+            log.warning("device %s: ignored its birth message: %s", device_id[:128], exc)
             return
-        self.devices.register(device_id, kind, capabilities, source="mqtt", online=online)
+        if not self.devices.register(device_id, kind, capabilities, source="mqtt", online=online):
+            log.debug("device %s: not registered", device_id[:128])
 
     def _device_registered(self, device_id: str, kind: str, capabilities: tuple[str, ...]) -> None:
-        self.devices.register(device_id, kind, capabilities, source="coap")
+        if not self.devices.register(device_id, kind, capabilities, source="coap"):
+            log.warning("device %s: not registered (the registry is full)", device_id)
 
     # Observability ------------------------------------------------------------
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 _MAX_DESCRIPTION = 16 * 1024
+# Past this many devices new ones are refused (and logged): an id is a row and a label.
+MAX_DEVICES = 10_000
+MAX_ID_LENGTH = 128
 # last_seen is written at most this often per device: a chatty sensor is not a disk load.
 _SEEN_EVERY_S = 5.0
 
@@ -47,6 +50,8 @@ class DescriptionError(ValueError):
 
 def parse_json_description(payload: bytes) -> tuple[str, tuple[str, ...], bool]:
     """``{"kind", "capabilities": [...]}`` (or the retained ``offline`` a will leaves)."""
+    if not payload:
+        raise DescriptionError("empty")
     if len(payload) > _MAX_DESCRIPTION:
         raise DescriptionError(f"description is over {_MAX_DESCRIPTION} bytes")
     text = payload.decode("utf-8", "replace").strip()
@@ -82,11 +87,12 @@ class DeviceRegistry:
             " capabilities TEXT NOT NULL, source TEXT NOT NULL, registered REAL NOT NULL,"
             " last_seen REAL NOT NULL, online INTEGER NOT NULL)"
         )
-        # Reads on the request path come from this copy, not from the database.
         self._written: dict[str, float] = {}
-        self._known: dict[str, str] = dict(
-            self._db.execute("SELECT id, kind FROM devices").fetchall()
-        )
+        # Reads on the request path come from this copy, not from the database.
+        self._known: dict[str, tuple[str, bool]] = {
+            row[0]: (row[1], bool(row[2]))
+            for row in self._db.execute("SELECT id, kind, online FROM devices").fetchall()
+        }
 
     def close(self) -> None:
         """Close the database."""
@@ -101,8 +107,13 @@ class DeviceRegistry:
         *,
         source: str,
         online: bool = True,
-    ) -> None:
-        """Record (or update) a device's own description of itself."""
+    ) -> bool:
+        """Record (or update) a device's own description of itself; False if refused."""
+        if not device_id or len(device_id) > MAX_ID_LENGTH:
+            return False
+        if device_id not in self._known and (not online or len(self._known) >= MAX_DEVICES):
+            # An offline will of a device never seen registers nothing; nor does a full table.
+            return False
         now = self._clock()
         with self._lock:
             self._db.execute(
@@ -115,8 +126,17 @@ class DeviceRegistry:
                 " online = excluded.online",
                 (device_id, kind, json.dumps(list(capabilities)), source, now, now, int(online)),
             )
-            row = self._db.execute("SELECT kind FROM devices WHERE id = ?", (device_id,)).fetchone()
-            self._known[device_id] = row[0]
+            row = self._db.execute(
+                "SELECT kind, online FROM devices WHERE id = ?", (device_id,)
+            ).fetchone()
+            self._known[device_id] = (row[0], bool(row[1]))
+        return True
+
+    def forget(self, device_id: str) -> None:
+        """Remove a device (its retained birth message was cleared)."""
+        with self._lock:
+            self._db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+        self._known.pop(device_id, None)
 
     def seen(self, device_id: str) -> None:
         """A registered device just sent a request (written at most every few seconds)."""
@@ -126,6 +146,8 @@ class DeviceRegistry:
         if now - self._written.get(device_id, 0.0) < _SEEN_EVERY_S:
             return
         self._written[device_id] = now
+        kind, _ = self._known[device_id]
+        self._known[device_id] = (kind, True)
         with self._lock:
             self._db.execute(
                 "UPDATE devices SET last_seen = ?, online = 1 WHERE id = ?",
@@ -137,7 +159,13 @@ class DeviceRegistry:
 
     def kind(self, device_id: str) -> str | None:
         """The kind a registered device gave, or None for a device that never registered."""
-        return self._known.get(device_id)
+        found = self._known.get(device_id)
+        return None if found is None else found[0]
+
+    def registered(self, device_id: str) -> bool:
+        """Whether the device announced itself and has not since gone offline."""
+        found = self._known.get(device_id)
+        return found is not None and found[1]
 
     def all(self) -> list[Device]:
         """Every device, most recently seen first."""

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -147,8 +148,17 @@ class Metrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that connects and says nothing is dropped, not waited on.
+    timeout = 5
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds are not news."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # One slow client never holds up the next scrape, nor the daemon's stop.
+    daemon_threads = True
+    block_on_close = False
 
 
 class MetricsServer:
@@ -157,7 +167,9 @@ class MetricsServer:
     def __init__(self, metrics: Metrics, health: HealthReport, host: str, port: int):
         self._metrics = metrics
         self._health = health
-        self._server: WSGIServer = make_server(host, port, self._app, handler_class=_QuietHandler)
+        self._server: WSGIServer = make_server(
+            host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True

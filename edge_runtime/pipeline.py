@@ -260,7 +260,7 @@ class Pipeline:
         self._devices.seen(device_id)
         kind = self._devices.kind(device_id)
         return {
-            "device.registered": b"true" if kind is not None else b"false",
+            "device.registered": b"true" if self._devices.registered(device_id) else b"false",
             "device.kind": (kind or "").encode(),
         }
 

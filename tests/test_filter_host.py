@@ -471,3 +471,34 @@ def test_the_body_cap_holds_against_oversized_replacements(
     service.load([spec(wasm_dir, "body_flood", deadline_ms=5000)])
     stream = run(service)
     assert len(stream.request_body) <= MAX_BODY_BYTES
+
+
+def test_poll_says_when_it_is_next_needed(service: FilterService, wasm_dir: Path) -> None:
+    from edge_runtime.filters.service import IDLE_POLL_S
+
+    service.load([spec(wasm_dir, "basic")])
+    # Nothing to deliver: the poll loop may sleep.
+    assert service.poll(now_ms=0) == IDLE_POLL_S
+    service.reload([spec(wasm_dir, "ticker")])
+    service.poll(now_ms=0)
+    assert service.poll(now_ms=4) == pytest.approx(0.006)
+    # A reload replaces the instance: the old one's timer must not keep the loop spinning.
+    service.reload([spec(wasm_dir, "basic")])
+    service.poll(now_ms=100)
+    assert service.poll(now_ms=200) == IDLE_POLL_S
+
+
+def test_closing_a_chain_runs_under_the_deadline(service: FilterService, wasm_dir: Path) -> None:
+    import threading
+
+    service.load([spec(wasm_dir, "done_loop", deadline_ms=50)])
+    service.reload([spec(wasm_dir, "basic")])
+    finished = threading.Event()
+
+    def swap() -> None:
+        # The swap retires the old chain: its on_done loops and must trap at its deadline.
+        assert service.chain.filters[0].name == "basic"
+        finished.set()
+
+    threading.Thread(target=swap, daemon=True).start()
+    assert finished.wait(timeout=30), "closing the old chain hung"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -76,6 +77,7 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
         .replace('level = "info"', 'level = "info"\nmqtt_level = "info"')
         .replace("127.0.0.1:8081", f"127.0.0.1:{free_port()}")
     )
+    idle: socket.socket | None = None
     stderr = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [str(EXE), "serve", "--config", str(config), "--log-format", "json"], stderr=stderr
@@ -183,6 +185,30 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
             check=False,
         )
         assert "4.00" in rejected.stdout + rejected.stderr
+        garbled = subprocess.run(
+            [
+                "coap-client-notls",
+                "-B",
+                "10",
+                "-m",
+                "post",
+                "-t",
+                "40",
+                "-e",
+                '<<<>>;;;"',
+                "-v",
+                "6",
+                f"coap://[::1]:{coap_port}/rd?ep=y",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "4.00" in garbled.stdout + garbled.stderr
+        # A client that connects to the metrics port and says nothing holds nothing up.
+        idle = socket.create_connection(("127.0.0.1", metrics_port))
+        # (it stays open through the checks below and the stop at the end)
         deadline = time.monotonic() + 10
         while True:
             listed = subprocess.run(
@@ -230,6 +256,8 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=60)
         stderr.close()
+        if idle is not None:
+            idle.close()
         if mosquitto.poll() is None:
             mosquitto.terminate()
             mosquitto.wait(timeout=10)

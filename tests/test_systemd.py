@@ -84,14 +84,16 @@ def start(
     return launch(tmp_path, config, notify), config
 
 
-def ask_echo(broker: int, text: str = "hello", correlation: str = "c") -> dict[str, object]:
+def ask_echo(
+    broker: int, text: str = "hello", correlation: str = "c", topic: str = "edge/req/diag"
+) -> dict[str, object]:
     done = subprocess.run(
         [
             "mosquitto_rr",
             "-p",
             str(broker),
             "-t",
-            "edge/req/diag",
+            topic,
             "-e",
             f"r/{correlation}",
             "-m",
@@ -175,6 +177,15 @@ def test_a_broken_reload_keeps_the_old_config_serving(
         assert any("reloaded" in line for line in notify.messages[mark])
         refused = ask_echo(broker, "x" * 100, correlation="c")
         assert refused["error"]["status"] == 413  # type: ignore[index]
+        # The request path's own settings apply too: a deadline no answer can meet.
+        config.write_text(good.replace("timeout_seconds = 30", "timeout_seconds = 0.001"))
+        daemon.send_signal(signal.SIGHUP)
+        mark = notify.wait_for("READY=1", after=mark + 1)
+        late = ask_echo(broker, correlation="d", topic="edge/req/s1")
+        # Either it expired before the route ran (504), or the model stopped at the deadline.
+        assert "error" in late or late["finish_reason"] == "cancelled", late
+        if "error" in late:
+            assert late["error"]["status"] == 504  # type: ignore[index]
     finally:
         code = stop(daemon)
     assert code == 0

@@ -203,6 +203,7 @@ class FilterService:
         self._apply_pending()
         return self._chain
 
+    @_runs_guest_code
     def load(self, filters: Sequence[FilterSettings]) -> None:
         """Build a chain and serve it; unlike reload(), errors propagate (start-up fails)."""
         new = self.build(filters)
@@ -210,6 +211,7 @@ class FilterService:
             old, self._chain = self._chain, new
             self._retire(old)
 
+    @_runs_guest_code
     def reload(self, filters: Sequence[FilterSettings]) -> bool:
         """Build a new chain and swap it in; on any error keep serving the old one."""
         try:
@@ -226,6 +228,7 @@ class FilterService:
         log.info("filter chain reloaded: %s", ", ".join(f.name for f in filters) or "(empty)")
         return True
 
+    @_runs_guest_code
     def _apply_pending(self) -> None:
         if self._pending is None:
             return
@@ -337,21 +340,26 @@ class FilterService:
                     log.error("%s", exc)
             finally:
                 instance.http_response = None
+        wait = IDLE_POLL_S
         for supervisor in self._chain.filters:
             instance = supervisor.live()
-            if instance is None or instance.tick_period_ms <= 0:
+            if instance is None:
+                continue
+            if instance.tick_period_ms <= 0:
+                # A filter that stopped its timer must not keep the poll loop spinning.
+                self._next_tick.pop(instance, None)
                 continue
             due = self._next_tick.get(instance)
             if due is None:
-                self._next_tick[instance] = now + instance.tick_period_ms
+                due = self._next_tick[instance] = now + instance.tick_period_ms
             elif now >= due:
-                self._next_tick[instance] = now + instance.tick_period_ms
+                due = self._next_tick[instance] = now + instance.tick_period_ms
                 self._root_call(supervisor, "proxy_on_tick")
-        wait = IDLE_POLL_S
-        if self.env.http.pending:
-            wait = BUSY_POLL_S
-        for due in self._next_tick.values():
+            # Only the live instances of the chain now serving count: entries of replaced
+            # instances linger in the weak map until they are collected.
             wait = min(wait, max(0.0, (due - now) / 1000))
+        if self.env.http.pending:
+            wait = min(wait, BUSY_POLL_S)
         return wait
 
     def _root_call(self, supervisor: FilterSupervisor, name: str, *args: int) -> None:

@@ -277,7 +277,7 @@ class DirectoryResource(resource.Resource):  # type: ignore[misc]
                 kind, capabilities = _json_description(request.payload)
             else:
                 return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use link-format (40) or JSON", 50)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        except Exception as exc:  # link_header raises its own ParseException; all are 4.00
             return _error(Code.BAD_REQUEST, f"cannot read the description: {exc}", 50)
         self._register(device, kind[:128], tuple(c[:128] for c in capabilities[:256]))
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", device))
