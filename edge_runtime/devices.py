@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_runtime.storage import open_database
 
 _MAX_DESCRIPTION = 16 * 1024
 # Past this many devices new ones are refused (and logged): an id is a row and a label.
@@ -75,17 +76,14 @@ class DeviceRegistry:
     """Devices in SQLite under the state directory; safe to use from several threads."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute(
+        self._db = open_database(
+            path,
             "CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
             " capabilities TEXT NOT NULL, source TEXT NOT NULL, registered REAL NOT NULL,"
-            " last_seen REAL NOT NULL, online INTEGER NOT NULL)"
+            " last_seen REAL NOT NULL, online INTEGER NOT NULL);",
         )
         self._written: dict[str, float] = {}
         # Reads on the request path come from this copy, not from the database.

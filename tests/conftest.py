@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,33 @@ def broker(tmp_path: Path) -> Iterator[int]:
     yield port
     process.terminate()
     process.wait(timeout=10)
+
+
+def mqtt_rr(broker: int, topic: str, body: dict[str, Any], correlation: str) -> dict[str, Any]:
+    """One MQTT 5 request with mosquitto_rr (a real device client); the decoded answer."""
+    done = subprocess.run(
+        [
+            "mosquitto_rr",
+            "-p",
+            str(broker),
+            "-t",
+            topic,
+            "-e",
+            f"answers/{correlation}",
+            "-m",
+            json.dumps(body, ensure_ascii=False),
+            "-D",
+            "publish",
+            "correlation-data",
+            correlation,
+            "-W",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer

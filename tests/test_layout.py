@@ -21,8 +21,9 @@ ALLOWED = {
     "health": set(),
     "logs": set(),
     "metrics": LEAVES,
-    "devices": set(),
-    "orchestrator": LEAVES | {"model", "state"},
+    "storage": set(),
+    "devices": {"storage"},
+    "orchestrator": LEAVES | {"model", "state", "storage"},
     "pipeline": LEAVES
     | {"codec", "devices", "filters", "logs", "metrics", "model", "orchestrator"},
     "transports": LEAVES | {"codec", "transports", "state"},

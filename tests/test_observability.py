@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, mosquitto_config, start_mosquitto
+from conftest import free_port, mosquitto_config, mqtt_rr, start_mosquitto
 from prometheus_client.parser import text_string_to_metric_families
 from test_coap import free_udp_port
 from test_serve import EXE, config_for, wait_online
@@ -35,35 +35,6 @@ def health(port: int) -> tuple[int, dict[str, Any]]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def rr(broker: int, topic: str, body: dict[str, Any], correlation: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [
-            "mosquitto_rr",
-            "-p",
-            str(broker),
-            "-t",
-            topic,
-            "-e",
-            f"r/{correlation}",
-            "-m",
-            json.dumps(body),
-            "-D",
-            "publish",
-            "correlation-data",
-            correlation,
-            "-W",
-            "30",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
 
 
 def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
@@ -103,8 +74,8 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
             "edge_runtime_requests_total",
             (("route", "echo"), ("status", "200"), ("transport", "mqtt")),
         )
-        assert rr(broker, "edge/req/diag", {"prompt": "hi"}, "e1")["text"] == "hi"
-        direct = rr(
+        assert mqtt_rr(broker, "edge/req/diag", {"prompt": "hi"}, "e1")["text"] == "hi"
+        direct = mqtt_rr(
             broker, "edge/req/s1", {"prompt": "hello", "route": "direct", "max_tokens": 8}, "d1"
         )
         after = scrape(metrics_port)
@@ -120,7 +91,7 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
         assert after[("edge_runtime_filter_failed", (("filter", "router"),))] == 0
         assert ("edge_runtime_cache_lookups_total", (("result", "miss"),)) in after
         # No weather service listens in this test: the tool fails, and says so in the log.
-        failed = rr(broker, "edge/req/s1", {"prompt": "weather in Oslo"}, "w1")
+        failed = mqtt_rr(broker, "edge/req/s1", {"prompt": "weather in Oslo"}, "w1")
         assert failed["tool_calls"][0]["error"].startswith("weather: ")
         tools = scrape(metrics_port)
         key = ("edge_runtime_tool_calls_total", (("outcome", "error"), ("tool", "weather")))

@@ -10,38 +10,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from conftest import mqtt_rr
 from test_coap import free_udp_port
 from test_serve import EXE, config_for, wait_online
 from weather import weather_service
-
-
-def rr(port: int, topic: str, body: dict[str, Any], correlation: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [
-            "mosquitto_rr",
-            "-p",
-            str(port),
-            "-t",
-            topic,
-            "-e",
-            f"answers/{correlation}",
-            "-m",
-            json.dumps(body, ensure_ascii=False),
-            "-D",
-            "publish",
-            "correlation-data",
-            correlation,
-            "-W",
-            "60",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
 
 
 def coap(url: str, body: dict[str, Any], *, method: str = "post") -> tuple[str, str]:
@@ -108,7 +80,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
                 check=True,
                 timeout=30,
             )
-            zh = rr(
+            zh = mqtt_rr(
                 broker,
                 "edge/req/sensor-1",
                 {
@@ -138,7 +110,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
                 f"{result['low_c']} to {result['high_c']} °C"
             ), en["text"]
 
-            temperature = rr(
+            temperature = mqtt_rr(
                 broker,
                 "edge/req/sensor-1",
                 {"prompt": "what's the temperature in the kitchen"},
@@ -148,7 +120,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
             assert temperature["text"].startswith("It is 21.5 °C in the kitchen")
 
             # Asked again, the weather answer comes from the cache: the tool allows 600 s.
-            again = rr(
+            again = mqtt_rr(
                 broker,
                 "edge/req/sensor-3",
                 {
@@ -162,7 +134,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
 
             # Feedback: MQTT 5 with a Response Topic gets an acknowledgement; the rated answer
             # (correlation "zh2" is its id, hex-encoded) leaves the cache.
-            rated = rr(
+            rated = mqtt_rr(
                 broker,
                 "edge/feedback/sensor-3",
                 {"id": b"zh2".hex(), "rating": 1, "comment": "too vague"},
@@ -174,7 +146,7 @@ def test_the_design_seed_over_mqtt_and_coap(tmp_path: Path, broker: int) -> None
                 True,
                 True,
             )
-            fresh = rr(
+            fresh = mqtt_rr(
                 broker,
                 "edge/req/sensor-3",
                 {

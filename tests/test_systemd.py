@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import mqtt_rr
 from test_coap import free_udp_port
 from test_serve import EXE, ROOT, config_for, wait_online
 
@@ -86,33 +88,8 @@ def start(
 
 def ask_echo(
     broker: int, text: str = "hello", correlation: str = "c", topic: str = "edge/req/diag"
-) -> dict[str, object]:
-    done = subprocess.run(
-        [
-            "mosquitto_rr",
-            "-p",
-            str(broker),
-            "-t",
-            topic,
-            "-e",
-            f"r/{correlation}",
-            "-m",
-            json.dumps({"prompt": text}),
-            "-D",
-            "publish",
-            "correlation-data",
-            correlation,
-            "-W",
-            "30",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, object] = json.loads(done.stdout)
-    return answer
+) -> dict[str, Any]:
+    return mqtt_rr(broker, topic, {"prompt": text}, correlation)
 
 
 def stop(daemon: subprocess.Popen[bytes]) -> int:

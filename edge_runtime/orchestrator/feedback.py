@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -15,6 +14,7 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_runtime.errors import RequestError
+from edge_runtime.storage import open_database
 
 
 class Rating(BaseModel):
@@ -71,16 +71,14 @@ class FeedbackStore:
     """Ratings with the request and answer they judge, in SQLite under the state directory."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(
+        self._db = open_database(
+            path,
             "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, answer_id TEXT NOT NULL,"
             " device TEXT NOT NULL, rating INTEGER NOT NULL, comment TEXT NOT NULL,"
-            " request TEXT, answer TEXT, created REAL NOT NULL)"
+            " request TEXT, answer TEXT, created REAL NOT NULL);",
         )
 
     def close(self) -> None:

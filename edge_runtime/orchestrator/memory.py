@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from collections import OrderedDict, deque
@@ -11,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edge_runtime.storage import open_database
 
 _WORD = re.compile(r"[A-Za-z0-9]+|[\u3400-\u9fff]+")
 
@@ -132,19 +133,16 @@ class LongTermMemory:
         max_facts_per_device: int = 1000,
         clock: Callable[[], float] = time.time,
     ):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_facts = max_facts_per_device
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS facts (id INTEGER PRIMARY KEY, device TEXT NOT NULL, "
-            "text TEXT NOT NULL, created REAL NOT NULL)"
+        self._db = open_database(
+            path,
+            "CREATE TABLE IF NOT EXISTS facts (id INTEGER PRIMARY KEY, device TEXT NOT NULL,"
+            " text TEXT NOT NULL, created REAL NOT NULL);"
+            "CREATE INDEX IF NOT EXISTS facts_device ON facts (device, id);",
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS facts_device ON facts (device, id)")
 
     def close(self) -> None:
         """Close the database."""
