@@ -19,6 +19,31 @@ from test_coap import free_udp_port
 from test_serve import EXE, config_for, wait_online
 
 
+def coap_post(url: str, content_format: int, body: str) -> str:
+    """POST with libcoap's client; its output, with the response code (-v 6 prints it)."""
+    done = subprocess.run(
+        [
+            "coap-client-notls",
+            "-B",
+            "10",
+            "-m",
+            "post",
+            "-t",
+            str(content_format),
+            "-e",
+            body,
+            "-v",
+            "6",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.stdout + done.stderr
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
@@ -114,69 +139,11 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
             check=True,
             timeout=30,
         )
-        registered = subprocess.run(
-            [
-                "coap-client-notls",
-                "-B",
-                "10",
-                "-m",
-                "post",
-                "-t",
-                "40",
-                "-e",
-                '</temp>;rt="temperature",</hum>;rt="humidity"',
-                "-v",
-                "6",
-                f"coap://[::1]:{coap_port}/rd?ep=therm-1&et=thermometer",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert "2.01" in registered.stdout + registered.stderr
-        rejected = subprocess.run(
-            [
-                "coap-client-notls",
-                "-B",
-                "10",
-                "-m",
-                "post",
-                "-t",
-                "50",
-                "-e",
-                "[1, 2",
-                "-v",
-                "6",
-                f"coap://[::1]:{coap_port}/rd?ep=x",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert "4.00" in rejected.stdout + rejected.stderr
-        garbled = subprocess.run(
-            [
-                "coap-client-notls",
-                "-B",
-                "10",
-                "-m",
-                "post",
-                "-t",
-                "40",
-                "-e",
-                '<<<>>;;;"',
-                "-v",
-                "6",
-                f"coap://[::1]:{coap_port}/rd?ep=y",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert "4.00" in garbled.stdout + garbled.stderr
+        rd = f"coap://[::1]:{coap_port}/rd"
+        links = '</temp>;rt="temperature",</hum>;rt="humidity"'
+        assert "2.01" in coap_post(f"{rd}?ep=therm-1&et=thermometer", 40, links)
+        assert "4.00" in coap_post(f"{rd}?ep=x", 50, "[1, 2")
+        assert "4.00" in coap_post(f"{rd}?ep=y", 40, '<<<>>;;;"')
         # A client that connects to the metrics port and says nothing holds nothing up.
         idle = socket.create_connection(("127.0.0.1", metrics_port))
         # (it stays open through the checks below and the stop at the end)
