@@ -245,6 +245,14 @@ class ToolSettings(_Section):
         return self
 
 
+class DeviceNames(_Section):
+    """What a device is called, and its Home Assistant domain (light, switch, sensor, ...):
+    sentences that name a device only match devices of the domains they are about."""
+
+    names: tuple[str, ...] = ()
+    domain: str = ""
+
+
 class OrchestratorSettings(_Section):
     """Intents, plans, memory and feedback of the orchestrate route."""
 
@@ -253,7 +261,7 @@ class OrchestratorSettings(_Section):
     templates: tuple[Path, ...] = ()
     # Slot lists: an id and the names it is called by, in any language.
     areas: dict[str, tuple[str, ...]] = {}
-    devices: dict[str, tuple[str, ...]] = {}
+    devices: dict[str, tuple[str, ...] | DeviceNames] = {}
     # Two intents whose confidence differs by less than this ask the user which one was meant.
     ambiguity_margin: float = Field(0.05, ge=0, le=1)
     max_tool_steps: int = Field(4, ge=1, le=32)

@@ -34,6 +34,8 @@ log = logging.getLogger("edge_runtime.daemon")
 MIN_FILTER_POLL_S = 0.005
 # Asked of systemd before loading the model: a multi-GB graph takes a while to map and check.
 MODEL_LOAD_EXTENSION_S = 300.0
+# Device names from the registry reach the intent parser this long after a registration.
+NAMES_REFRESH_S = 0.5
 # Sections a reload cannot change under a running daemon: they need a restart.
 RESTART_SECTIONS = (
     "model",
@@ -84,6 +86,7 @@ class _Daemon:
         self.stop = asyncio.Event()
         self.reloading: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[Any]] = set()
+        self.names_refresh: asyncio.TimerHandle | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -142,6 +145,7 @@ class _Daemon:
             )
             self.pipeline = pipeline
             stack.callback(pipeline.close)
+            self._refresh_names()
             stack.push_async_callback(self._close_orchestrator)
             self._spawn(_poll_filters(pipeline), "filter-poll")
             mqtt: MqttTransport | None = None
@@ -226,6 +230,7 @@ class _Daemon:
             self._reload_failed("filter chain: see the log above")
             return
         old = self.pipeline.orchestrator
+        orchestrator.set_devices(self.devices.names())
         if old is not None:
             orchestrator.adopt(old)
             # Requests under way finish on the orchestrator they started with.
@@ -264,18 +269,41 @@ class _Daemon:
         if not payload:
             # The retained birth message was cleared: the device is gone.
             self.devices.forget(device_id)
+            self._device_names()
             return
         try:
-            kind, capabilities, online = parse_json_description(payload)
+            found = parse_json_description(payload)
         except DescriptionError as exc:
             log.warning("device %s: ignored its birth message: %s", device_id[:128], exc)
             return
-        if not self.devices.register(device_id, kind, capabilities, source="mqtt", online=online):
+        registered = self.devices.register(
+            device_id,
+            found.kind,
+            found.capabilities,
+            source="mqtt",
+            online=found.online,
+            names=found.names,
+        )
+        if not registered:
             log.debug("device %s: not registered", device_id[:128])
+        self._device_names()
 
     def _device_registered(self, device_id: str, kind: str, capabilities: tuple[str, ...]) -> None:
         if not self.devices.register(device_id, kind, capabilities, source="coap"):
             log.warning("device %s: not registered (the registry is full)", device_id)
+        self._device_names()
+
+    def _device_names(self) -> None:
+        """Devices' names become the intent templates' "name" slot list, soon (a burst of
+        birth messages after a broker restart rebuilds it once, not once per device)."""
+        if self.names_refresh is None:
+            loop = asyncio.get_running_loop()
+            self.names_refresh = loop.call_later(NAMES_REFRESH_S, self._refresh_names)
+
+    def _refresh_names(self) -> None:
+        self.names_refresh = None
+        if self.pipeline.orchestrator is not None:
+            self.pipeline.orchestrator.set_devices(self.devices.names())
 
     # Observability ------------------------------------------------------------
 

@@ -49,15 +49,29 @@ class DescriptionError(ValueError):
     """A birth message or registration that cannot be read."""
 
 
-def parse_json_description(payload: bytes) -> tuple[str, tuple[str, ...], bool]:
-    """``{"kind", "capabilities": [...]}`` (or the retained ``offline`` a will leaves)."""
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a device says of itself."""
+
+    kind: str = ""
+    capabilities: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    online: bool = True
+
+
+def parse_json_description(payload: bytes) -> Description:
+    """``{"kind", "capabilities": [...], "names": [...]}``, or the ``offline`` a will leaves.
+
+    ``kind`` is best given as a Home Assistant domain (light, switch, sensor, climate, ...):
+    sentences that name a device match only devices of their domains.
+    """
     if not payload:
         raise DescriptionError("empty")
     if len(payload) > _MAX_DESCRIPTION:
         raise DescriptionError(f"description is over {_MAX_DESCRIPTION} bytes")
     text = payload.decode("utf-8", "replace").strip()
     if text in ("offline", '"offline"'):
-        return "", (), False
+        return Description(online=False)
     try:
         data = json.loads(text) if text else {}
     except (ValueError, RecursionError) as exc:
@@ -66,10 +80,21 @@ def parse_json_description(payload: bytes) -> tuple[str, tuple[str, ...], bool]:
         raise DescriptionError("a description is a JSON object")
     kind = data.get("kind", "")
     capabilities = data.get("capabilities", [])
-    if not isinstance(kind, str) or not isinstance(capabilities, list):
-        raise DescriptionError("kind is a string and capabilities a list")
-    online = data.get("status", "online") != "offline"
-    return kind[:128], tuple(str(c)[:128] for c in capabilities[:256]), online
+    names = data.get("names", data.get("name", []))
+    if isinstance(names, str):
+        names = [names]
+    if (
+        not isinstance(kind, str)
+        or not isinstance(capabilities, list)
+        or not isinstance(names, list)
+    ):
+        raise DescriptionError("kind is a string, capabilities and names are lists")
+    return Description(
+        kind[:128],
+        tuple(str(c)[:128] for c in capabilities[:256]),
+        tuple(str(n)[:128] for n in names[:16]),
+        data.get("status", "online") != "offline",
+    )
 
 
 class DeviceRegistry:
@@ -83,7 +108,8 @@ class DeviceRegistry:
             path,
             "CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
             " capabilities TEXT NOT NULL, source TEXT NOT NULL, registered REAL NOT NULL,"
-            " last_seen REAL NOT NULL, online INTEGER NOT NULL);",
+            " last_seen REAL NOT NULL, online INTEGER NOT NULL,"
+            " names TEXT NOT NULL DEFAULT '[]');",
         )
         self._written: dict[str, float] = {}
         # Reads on the request path come from this copy, not from the database.
@@ -105,6 +131,7 @@ class DeviceRegistry:
         *,
         source: str,
         online: bool = True,
+        names: tuple[str, ...] = (),
     ) -> bool:
         """Record (or update) a device's own description of itself; False if refused."""
         if not device_id or len(device_id) > MAX_ID_LENGTH:
@@ -116,13 +143,23 @@ class DeviceRegistry:
         with self._lock:
             self._db.execute(
                 "INSERT INTO devices (id, kind, capabilities, source, registered, last_seen,"
-                " online) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " online, names) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
                 " kind = CASE WHEN excluded.kind = '' THEN kind ELSE excluded.kind END,"
                 " capabilities = CASE WHEN excluded.kind = '' THEN capabilities"
                 " ELSE excluded.capabilities END,"
+                " names = CASE WHEN excluded.kind = '' THEN names ELSE excluded.names END,"
                 " source = excluded.source, last_seen = excluded.last_seen,"
                 " online = excluded.online",
-                (device_id, kind, json.dumps(list(capabilities)), source, now, now, int(online)),
+                (
+                    device_id,
+                    kind,
+                    json.dumps(list(capabilities)),
+                    source,
+                    now,
+                    now,
+                    int(online),
+                    json.dumps(list(names), ensure_ascii=False),
+                ),
             )
             row = self._db.execute(
                 "SELECT kind, online FROM devices WHERE id = ?", (device_id,)
@@ -164,6 +201,14 @@ class DeviceRegistry:
         """Whether the device announced itself and has not since gone offline."""
         found = self._known.get(device_id)
         return found is not None and found[1]
+
+    def names(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """Each online device's names (its id when it gave none) and kind, for intent slots."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, names, kind FROM devices WHERE online = 1"
+            ).fetchall()
+        return {row[0]: (tuple(json.loads(row[1])) or (row[0],), row[2]) for row in rows}
 
     def all(self) -> list[Device]:
         """Every device, most recently seen first."""

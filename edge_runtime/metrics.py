@@ -160,6 +160,10 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     block_on_close = False
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away is not worth a traceback on stderr."""
+        log.debug("metrics client %s dropped", client_address, exc_info=True)
+
 
 class MetricsServer:
     """GET /metrics (Prometheus text) and GET /health (JSON) on a local port, in a thread."""

@@ -8,6 +8,7 @@ import pytest
 
 from edge_runtime.devices import (
     MAX_DEVICES,
+    Description,
     DescriptionError,
     DeviceRegistry,
     parse_json_description,
@@ -15,13 +16,13 @@ from edge_runtime.devices import (
 
 
 def test_descriptions() -> None:
-    assert parse_json_description(b'{"kind": "lamp", "capabilities": ["on_off"]}') == (
-        "lamp",
-        ("on_off",),
-        True,
+    found = parse_json_description(
+        '{"kind": "light", "capabilities": ["on_off"], "names": ["desk lamp", "台灯"]}'.encode()
     )
-    assert parse_json_description(b"offline") == ("", (), False)
-    assert parse_json_description(b'{"status": "offline"}')[2] is False
+    assert found == Description("light", ("on_off",), ("desk lamp", "台灯"), True)
+    assert parse_json_description(b'{"name": "porch"}').names == ("porch",)
+    assert parse_json_description(b"offline") == Description(online=False)
+    assert parse_json_description(b'{"status": "offline"}').online is False
     for bad in (b"", b"[1]", b"{", b'{"kind": 3}', b"[" * 100_000, b"x" * 20_000):
         with pytest.raises(DescriptionError):
             parse_json_description(bad)
@@ -29,12 +30,18 @@ def test_descriptions() -> None:
 
 def test_registration_survives_a_restart(tmp_path: Path) -> None:
     registry = DeviceRegistry(tmp_path / "devices.db")
-    assert registry.register("lamp-1", "lamp", ("on_off",), source="mqtt")
+    assert registry.register("lamp-1", "light", ("on_off",), source="mqtt", names=("desk lamp",))
+    assert registry.register("hall", "sensor", (), source="coap")
     registry.close()
     again = DeviceRegistry(tmp_path / "devices.db")
     try:
-        assert again.kind("lamp-1") == "lamp" and again.registered("lamp-1")
+        assert again.kind("lamp-1") == "light" and again.registered("lamp-1")
         assert again.kind("nobody") is None and not again.registered("nobody")
+        # Names for the intent templates: a device without names is called by its id.
+        assert again.names() == {
+            "lamp-1": (("desk lamp",), "light"),
+            "hall": (("hall",), "sensor"),
+        }
     finally:
         again.close()
 

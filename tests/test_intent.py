@@ -222,3 +222,19 @@ def test_a_sentence_is_not_taken_for_an_open_slot(parser: IntentParser) -> None:
     reply = parser.parse("could you please tell me a funny joke", asked.clarification)
     assert reply.intents == () and reply.clarification is None
     assert reply.unmatched == ("could you please tell me a funny joke",)
+
+
+def test_device_names_come_with_their_domain() -> None:
+    parser = IntentParser.build(
+        languages=["en", "zh-CN"], handled={"HassTurnOn", "HassGetState"}, required={}
+    )
+    assert parser.parse("turn on the desk lamp").intents == ()
+    # Registered (or configured) later: names, and the domain name-based sentences require.
+    parser.set_devices({"lamp-1": (("desk lamp", "台灯"), "light"), "door": (("front door",), "")})
+    for text in ("turn on the desk lamp", "打开台灯"):
+        parsed = parser.parse(text)
+        assert [(i.name, i.slots["name"]) for i in parsed.intents] == [("HassTurnOn", "lamp-1")]
+    state = parser.parse("what is the state of the desk lamp")
+    assert [(i.name, i.slots["name"]) for i in state.intents] == [("HassGetState", "lamp-1")]
+    # A name without a domain matches nothing that requires one.
+    assert parser.parse("turn on the front door").intents == ()

@@ -170,6 +170,56 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
         )
         assert (devices["lamp-1"]["source"], devices["therm-1"]["source"]) == ("mqtt", "coap")
 
+        # A device that gave names can be asked about by name (HassGetState, device_state).
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-p",
+                str(broker),
+                "-t",
+                "edge/devices/lamp-2",
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                json.dumps({"kind": "light", "names": ["porch light", "门廊灯"]}),
+            ],
+            check=True,
+            timeout=30,
+        )
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-p",
+                str(broker),
+                "-t",
+                "sensors/lamp-2/state",
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                "on",
+            ],
+            check=True,
+            timeout=30,
+        )
+        # The name list is refreshed half a second after a registration.
+        deadline = time.monotonic() + 10
+        for attempt in range(100):
+            # A new correlation each time: a repeated one is answered from the redelivery cache.
+            asked = mqtt_rr(
+                broker,
+                "edge/req/s1",
+                {"prompt": "what is the state of the porch light"},
+                f"n{attempt}",
+            )
+            if asked["tool_calls"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert asked["tool_calls"][0]["name"] == "device_state"
+        assert asked["tool_calls"][0]["arguments"] == {"name": "lamp-2"}
+        assert asked["text"] == "The lamp-2 is on."
+
         # Live logs: follow the box on MQTT while it reloads.
         follow = subprocess.Popen(
             ["mosquitto_sub", "-p", str(broker), "-t", "edge/logs/box-1", "-C", "2", "-W", "30"],

@@ -20,6 +20,8 @@ from home_assistant_intents import get_intents
 
 from edge_runtime.errors import ConfigError
 
+# A device's names and its Home Assistant domain ("" when unknown).
+Named = tuple[Sequence[str], str]
 # Intents handled inside the orchestrator, whatever tools are declared.
 BUILTIN_INTENTS = ("weather", "compose_reminder", "note_add", "note_search")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -116,7 +118,7 @@ class IntentParser:
         required: Mapping[str, Sequence[str]],
         templates: Sequence[Path] = (),
         areas: Mapping[str, Sequence[str]] | None = None,
-        devices: Mapping[str, Sequence[str]] | None = None,
+        devices: Mapping[str, Named] | None = None,
         ambiguity_margin: float = 0.05,
     ) -> IntentParser:
         """Load Home Assistant's sentences, ours and the user's; keep the intents handled."""
@@ -142,6 +144,13 @@ class IntentParser:
                 choose=str(ours.get("choose", "{options}?")),
             )
         return cls(languages=loaded, required=dict(required), ambiguity_margin=ambiguity_margin)
+
+    def set_devices(self, devices: Mapping[str, Named]) -> None:
+        """Replace the device names (config and registry) every language matches against."""
+        names = named_devices(devices)
+        for lang in self.languages.values():
+            lang.slot_lists["name"] = names
+        self._memo.clear()
 
     def language_of(self, text: str) -> str:
         """The configured language a message is in: Chinese if it has CJK characters."""
@@ -383,12 +392,12 @@ def _merge(code: str, parts: Sequence[Mapping[str, Any]], keep: set[str]) -> dic
 def _slot_lists(
     merged: Mapping[str, Any],
     areas: Mapping[str, Sequence[str]],
-    devices: Mapping[str, Sequence[str]],
+    devices: Mapping[str, Named],
 ) -> dict[str, SlotList]:
     """Areas and device names from config; an empty list for any other list the templates use."""
     lists: dict[str, SlotList] = {
         "area": _named("area", areas),
-        "name": _named("name", devices),
+        "name": named_devices(devices),
     }
     referenced = set(_LIST_REF.findall(json.dumps(merged["intents"], ensure_ascii=False)))
     for name in referenced - set(merged["lists"]) - set(lists):
@@ -397,6 +406,15 @@ def _slot_lists(
         if isinstance(spec, dict) and spec.get("wildcard"):
             lists.setdefault(name, WildcardSlotList(name=name))
     return lists
+
+
+def named_devices(devices: Mapping[str, Named]) -> TextSlotList:
+    """The "name" slot list: each device's names, with its domain as the match context."""
+    values: list[tuple[str, Any, dict[str, Any]]] = []
+    for ident, (names, domain) in devices.items():
+        context = {"domain": domain} if domain else {}
+        values.extend((spoken, ident, context) for spoken in (names or (ident,)))
+    return TextSlotList.from_tuples(values, name="name") if values else TextSlotList("name", [])
 
 
 def _named(name: str, table: Mapping[str, Sequence[str]]) -> TextSlotList:

@@ -19,7 +19,7 @@ from edge_runtime.orchestrator.feedback import (
     RecentAnswers,
     parse_rating,
 )
-from edge_runtime.orchestrator.intent import Clarification, IntentParser, Parse
+from edge_runtime.orchestrator.intent import Clarification, IntentParser, Named, Parse
 from edge_runtime.orchestrator.llm import DeltaSink, Generator, trim_start
 from edge_runtime.orchestrator.memory import LongTermMemory, ShortTermMemory
 from edge_runtime.orchestrator.planner import Plan, plan
@@ -98,6 +98,7 @@ class Orchestrator:
         self.bad_rating = bad_rating
         self._clock = clock
         self._tool_answers = tool_answers
+        self._configured_devices: dict[str, Named] = {}
         self.runner = PlanRunner(
             tools=tools,
             generate=generator,
@@ -135,11 +136,11 @@ class Orchestrator:
             required=required,
             templates=conf.templates,
             areas=conf.areas,
-            devices=conf.devices,
+            devices=configured_devices(settings),
             ambiguity_margin=conf.ambiguity_margin,
         )
         state_dir = settings.state_dir
-        return cls(
+        built = cls(
             parser=parser,
             tools=tools,
             generator=generator,
@@ -165,6 +166,8 @@ class Orchestrator:
             bad_rating=conf.bad_rating,
             clock=clock,
         )
+        built._configured_devices = configured_devices(settings)
+        return built
 
     @classmethod
     def for_model(cls, generator: Generator) -> Orchestrator:
@@ -185,6 +188,10 @@ class Orchestrator:
             feedback=None,
             tool_answers={},
         )
+
+    def set_devices(self, registered: Mapping[str, Named]) -> None:
+        """Name slots from the config and from the device registry (the config wins)."""
+        self.parser.set_devices({**registered, **self._configured_devices})
 
     def adopt(self, old: Orchestrator) -> None:
         """Take over the conversations of the orchestrator this one replaces (on a reload).
@@ -380,6 +387,17 @@ class Orchestrator:
             "known": answered is not None,
             "evicted": evicted,
         }
+
+
+def configured_devices(settings: Settings) -> dict[str, Named]:
+    """The config's devices as names and domain."""
+    out: dict[str, Named] = {}
+    for ident, entry in settings.orchestrator.devices.items():
+        if isinstance(entry, tuple):
+            out[ident] = (entry, "")
+        else:
+            out[ident] = (entry.names, entry.domain)
+    return out
 
 
 async def _still_allowed(hit: Mapping[str, Any], guard: ToolGuard | None) -> bool:
