@@ -13,7 +13,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from edge_runtime.config import Settings
-from edge_runtime.devices import DescriptionError, DeviceRegistry, parse_json_description
+from edge_runtime.devices import (
+    Description,
+    DescriptionError,
+    DeviceRegistry,
+    parse_json_description,
+)
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.filters.service import FilterService
 from edge_runtime.health import Health
@@ -219,8 +224,14 @@ class _Daemon:
         try:
             if self.reload_settings is None:
                 raise EdgeRuntimeError("no configuration file to reload")
-            new = await asyncio.to_thread(self.reload_settings)
-            orchestrator = Orchestrator.build(new, generator=self.generator, state=self.state)
+            read = await asyncio.to_thread(self.reload_settings)
+            # Sections only a restart can change keep their running values from here on.
+            kept = {s: getattr(self.settings, s) for s in RESTART_SECTIONS}
+            new = read.model_copy(update=kept)
+            # Templates, tools and databases take a while: off the event loop.
+            orchestrator = await asyncio.to_thread(
+                Orchestrator.build, new, generator=self.generator, state=self.state
+            )
         except (EdgeRuntimeError, OSError) as exc:
             self._reload_failed(f"configuration: {exc}")
             return
@@ -236,13 +247,12 @@ class _Daemon:
             # Requests under way finish on the orchestrator they started with.
             self._spawn(_close_later(old, self.settings.timeout_seconds), "close-orchestrator")
         self.pipeline.orchestrator = orchestrator
-        stale = [s for s in RESTART_SECTIONS if _section(new, s) != _section(self.settings, s)]
+        stale = [s for s in RESTART_SECTIONS if _section(read, s) != _section(self.settings, s)]
         if stale:
             log.warning("reloaded; changes to %s need a restart to apply", ", ".join(stale))
-        kept = {s: getattr(self.settings, s) for s in RESTART_SECTIONS}
-        self.settings = new.model_copy(update=kept)
+        self.settings = new
         # The route default, the deadline and the stream coalescing apply to the next request.
-        self.pipeline.settings = pipeline_settings(self.settings)
+        self.pipeline.settings = pipeline_settings(new)
         self.metrics.reloads.labels("ok").inc()
         log.info(
             "configuration reloaded: %d filter(s), %d tool(s)", len(new.filters), len(new.tools)
@@ -288,9 +298,17 @@ class _Daemon:
             log.debug("device %s: not registered", device_id[:128])
         self._device_names()
 
-    def _device_registered(self, device_id: str, kind: str, capabilities: tuple[str, ...]) -> None:
-        if not self.devices.register(device_id, kind, capabilities, source="coap"):
-            log.warning("device %s: not registered (the registry is full)", device_id)
+    def _device_registered(self, device_id: str, found: Description) -> None:
+        registered = self.devices.register(
+            device_id,
+            found.kind,
+            found.capabilities,
+            source="coap",
+            online=found.online,
+            names=found.names,
+        )
+        if not registered:
+            log.warning("device %s: not registered", device_id)
         self._device_names()
 
     def _device_names(self) -> None:
@@ -335,6 +353,20 @@ class _Daemon:
             "counter",
             ["tool", "outcome"],
             tools,
+        )
+        metrics.callback(
+            "edge_runtime_requests_in_flight",
+            "requests being answered",
+            "gauge",
+            [],
+            lambda: [((), self.pipeline.busy)],
+        )
+        metrics.callback(
+            "edge_runtime_requests_queued",
+            "requests waiting for a free slot",
+            "gauge",
+            [],
+            lambda: [((), self.pipeline.waiting)],
         )
         metrics.callback(
             "edge_runtime_devices",

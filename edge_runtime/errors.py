@@ -142,5 +142,9 @@ class ToolError(EdgeRuntimeError):
     status = Status.BAD_GATEWAY
 
 
+class ToolDeniedError(ToolError):
+    """A filter refused a tool call."""
+
+
 class ToolConfigError(EdgeRuntimeError):
     """A declared tool cannot be used as configured (an entry point that does not load, ...)."""

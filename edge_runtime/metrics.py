@@ -13,7 +13,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -80,12 +79,6 @@ class Metrics:
             ["transport", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
-        self.in_flight = Gauge(
-            "edge_runtime_requests_in_flight", "requests being answered", registry=r
-        )
-        self.queued = Gauge(
-            "edge_runtime_requests_queued", "requests waiting for a free slot", registry=r
         )
         self.time_to_first_token = Histogram(
             "edge_runtime_time_to_first_token_seconds",

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -123,15 +123,11 @@ class Pipeline:
         started = self._clock()
         token = request_id.set(request.id)
         self.busy += 1
-        if self._metrics is not None:
-            self._metrics.in_flight.inc()
         try:
             response = await self._admit(request, sink, started, stream)
         finally:
             self.busy -= 1
             request_id.reset(token)
-            if self._metrics is not None:
-                self._metrics.in_flight.dec()
         if self._metrics is not None:
             self._metrics.observe(request.transport, response, self._clock() - started)
         return response
@@ -148,14 +144,10 @@ class Pipeline:
             if self._waiting >= self.settings.max_queue and self._slots.locked():
                 raise BusyError("too many requests waiting", retry_after=1.0)
             self._waiting += 1
-            if self._metrics is not None:
-                self._metrics.queued.inc()
             try:
                 await self._slots.acquire()
             finally:
                 self._waiting -= 1
-                if self._metrics is not None:
-                    self._metrics.queued.dec()
             try:
                 return await self._handle(request, sink, started, stream)
             finally:
@@ -172,16 +164,7 @@ class Pipeline:
         deadline = request.deadline
         if deadline is None:
             deadline = started + self.settings.timeout_seconds
-        stream = HttpStream(
-            request_headers=[(k.encode(), v.encode()) for k, v in request.headers],
-            request_body=bytearray(request.body),
-            properties={
-                "device.id": request.device_id.encode(),
-                "request.protocol": request.transport.encode(),
-                "request.id": request.id.encode(),
-                **self._device_properties(request.device_id),
-            },
-        )
+        stream = self._stream(request, request.headers, request.body)
         chain_exchange: tuple[FilterChain, Exchange] | None = None
         try:
             if self._filters is not None:
@@ -225,12 +208,11 @@ class Pipeline:
                 self.poll_soon.set()
 
     async def _on_filter_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._filter_thread, self._guest, func, *args
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._filter_thread, func, *args)
 
     def _guest(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run chain work with the filters' deadline clock ticking (it sleeps when idle)."""
+        """Run chain work that bypasses FilterService (which gates its own) with the filters'
+        deadline clock ticking: the clock sleeps while no guest code can run."""
         if self._filters is None:
             return func(*args)
         with self._filters.guest():
@@ -248,10 +230,34 @@ class Pipeline:
             def end_when_begun(future: asyncio.Future[tuple[FilterChain, Exchange]]) -> None:
                 if not future.cancelled() and future.exception() is None:
                     with contextlib.suppress(RuntimeError):  # the pipeline is closing
-                        self._filter_thread.submit(self._guest, filters.end, *future.result())
+                        self._filter_thread.submit(filters.end, *future.result())
 
             begun.add_done_callback(end_when_begun)
             raise
+
+    def _stream(
+        self,
+        request: Request,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        request_id: str | None = None,
+        tool: str | None = None,
+    ) -> HttpStream:
+        """How the filters see a request (or one of its tool calls): headers, body, properties."""
+        properties = {
+            "device.id": request.device_id.encode(),
+            "request.protocol": request.transport.encode(),
+            "request.id": (request_id or request.id).encode(),
+            **self._device_properties(request.device_id),
+        }
+        if tool is not None:
+            properties["tool.name"] = tool.encode()
+        return HttpStream(
+            request_headers=[(k.encode(), v.encode()) for k, v in headers],
+            request_body=bytearray(body),
+            properties=properties,
+        )
 
     def _device_properties(self, device_id: str) -> dict[str, bytes]:
         """device.registered and device.kind, from the device registry."""
@@ -289,7 +295,7 @@ class Pipeline:
                     chain.expire(exchange)
                 return exchange.paused_at is None
 
-            if await self._on_filter_thread(check):
+            if await self._on_filter_thread(self._guest, check):
                 return
             await asyncio.sleep(filters.host.tick_ms / 1000)
 
@@ -308,7 +314,7 @@ class Pipeline:
         ]
         stream.response_body[:] = encode(payload, JSON)
         started = time.perf_counter()
-        await self._on_filter_thread(chain.response, exchange)
+        await self._on_filter_thread(self._guest, chain.response, exchange)
         self._time_phase("response", started)
         await self._wait_resumed(chain, exchange)
         # Filters may have rewritten the answer (redaction): take the text back from the body.
@@ -365,9 +371,12 @@ class Pipeline:
             return Response(id=request.id, text=text, route="echo")
         if self.orchestrator is None:
             raise BusyError("no model is loaded", retry_after=5.0)
-        params: dict[str, Any] = {
-            "max_new_tokens": body.max_tokens or self.settings.max_new_tokens,
-        }
+        params: dict[str, Any] = {}
+        if body.max_tokens:
+            params["max_new_tokens"] = body.max_tokens
+        elif route == "direct":
+            # Orchestrated model steps have their own default (orchestrator.max_new_tokens).
+            params["max_new_tokens"] = self.settings.max_new_tokens
         for name in ("temperature", "top_p", "top_k", "seed"):
             value = getattr(body, name)
             if value is not None:
@@ -407,24 +416,18 @@ class Pipeline:
         async def guard(name: str, arguments: Mapping[str, Any]) -> str | None:
             assert self._filters is not None
             headers = [
-                (k.encode(), v.encode())
-                for k, v in request.headers
-                if k not in (":path", ":method", "content-type")
+                *(
+                    (k, v)
+                    for k, v in request.headers
+                    if k not in (":path", ":method", "content-type")
+                ),
+                (":path", f"tool/{name}"),
+                (":method", "CALL"),
+                ("content-type", "application/json"),
             ]
-            headers += [
-                (b":path", f"tool/{name}".encode()),
-                (b":method", b"CALL"),
-                (b"content-type", b"application/json"),
-            ]
-            stream = HttpStream(
-                request_headers=headers,
-                request_body=bytearray(json.dumps(dict(arguments)).encode()),
-                properties={
-                    "device.id": request.device_id.encode(),
-                    "request.protocol": request.transport.encode(),
-                    "request.id": f"{request.id}/tool/{name}".encode(),
-                    "tool.name": name.encode(),
-                },
+            body = json.dumps(dict(arguments)).encode()
+            stream = self._stream(
+                request, headers, body, request_id=f"{request.id}/tool/{name}", tool=name
             )
             chain, exchange = await self._begin_guarded(stream)
             try:
@@ -436,7 +439,7 @@ class Pipeline:
             finally:
                 # Not awaited: a call cancelled by its step timeout must still end its exchange.
                 with contextlib.suppress(RuntimeError):  # the pipeline is closing
-                    self._filter_thread.submit(self._guest, self._filters.end, chain, exchange)
+                    self._filter_thread.submit(self._filters.end, chain, exchange)
 
         return guard
 
@@ -512,7 +515,7 @@ def _error(
 
 
 def _answer_payload(answer: Response) -> dict[str, Any]:
-    """The answer body of the design: id, text, route, finish_reason, usage, timing, tools."""
+    """The answer body: id, text, route, finish_reason, tool_calls, usage, timing, details."""
     payload: dict[str, Any] = {
         "id": answer.id,
         "text": answer.text,

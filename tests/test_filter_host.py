@@ -502,3 +502,19 @@ def test_closing_a_chain_runs_under_the_deadline(service: FilterService, wasm_di
 
     threading.Thread(target=swap, daemon=True).start()
     assert finished.wait(timeout=30), "closing the old chain hung"
+
+
+def test_the_chain_version_follows_config_file_contents(
+    service: FilterService, wasm_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "basic.json"
+    config.write_text('{"a": 1}')
+    first = service.build([spec(wasm_dir, "basic", config_file=config)])
+    config.write_text('{"a": 2}')
+    second = service.build([spec(wasm_dir, "basic", config_file=config)])
+    again = service.build([spec(wasm_dir, "basic", config_file=config)])
+    for chain in (first, second, again):
+        chain.close()
+    # Cached answers are keyed on this: a changed config file must change it.
+    assert first.version != second.version
+    assert second.version == again.version

@@ -26,7 +26,7 @@ ALLOWED = {
     "orchestrator": LEAVES | {"model", "state", "storage"},
     "pipeline": LEAVES
     | {"codec", "devices", "filters", "logs", "metrics", "model", "orchestrator"},
-    "transports": LEAVES | {"codec", "transports", "state"},
+    "transports": LEAVES | {"codec", "devices", "transports", "state"},
     "ask": LEAVES,
     "doctor": LEAVES | {"device", "model"},
     "bench": LEAVES

@@ -221,6 +221,9 @@ class SlowModel:
 
     identity = "slow"
 
+    def __init__(self) -> None:
+        self.params: list[dict[str, Any]] = []
+
     def count_tokens(self, text: str) -> int:
         return len(text)
 
@@ -238,6 +241,7 @@ class SlowModel:
     ) -> Any:
         from edge_runtime.orchestrator.llm import Generated
 
+        self.params.append(dict(params))
         text = ""
         for _ in range(int(params.get("max_new_tokens", 16))):
             if deadline is not None and time.monotonic() >= deadline:
@@ -407,3 +411,46 @@ def test_filters_read_what_the_registry_knows_of_a_device(
     assert (refused.status, refused.text) == (Status.FORBIDDEN, "register first")
     assert allowed.status == Status.OK
     assert dict(allowed.headers)["x-device-kind"] == "thermometer"
+
+
+def test_each_route_has_its_own_default_length(tmp_path: Path) -> None:
+    model = SlowModel()
+    pipeline = _orchestrated(tmp_path, model, max_new_tokens=3)
+    try:
+        run(pipeline, request({"prompt": "hi", "route": "direct"}, headers=()))
+        run(pipeline, request({"prompt": "tell me something"}, headers=()))
+        run(pipeline, request({"prompt": "tell me more", "max_tokens": 5}, headers=()))
+    finally:
+        pipeline.close()
+        assert pipeline.orchestrator is not None
+        asyncio.run(pipeline.orchestrator.close())
+    # direct: the model's max_new_tokens; orchestrate: orchestrator.max_new_tokens (128);
+    # a request's own max_tokens wins over both.
+    assert [p["max_new_tokens"] for p in model.params] == [3, 128, 5]
+
+
+def test_tool_calls_carry_what_the_registry_knows(tmp_path: Path, tiny_model: Model) -> None:
+    import wasmtime
+
+    from edge_runtime.devices import DeviceRegistry
+
+    wat = Path(__file__).parent / "filters" / "registered_only.wat"
+    module = tmp_path / "registered_only.wasm"
+    module.write_bytes(wasmtime.wat2wasm(wat.read_text()))
+    service = FilterService(FilterHostSettings(cache_dir=tmp_path / "cache"))
+    service.load([FilterSettings(name="registered-only", module=module, config="{}")])
+    devices = DeviceRegistry(tmp_path / "devices.db")
+    devices.register("sensor-1", "sensor", (), source="mqtt")
+    pipeline = _orchestrated(tmp_path, tiny_model, service)
+    pipeline._devices = devices
+    try:
+        answer = run(pipeline, request({"prompt": "weather in Oslo"}, headers=()))
+    finally:
+        pipeline.close()
+        service.close()
+        devices.close()
+        assert pipeline.orchestrator is not None
+        asyncio.run(pipeline.orchestrator.close())
+    # The filter admits registered devices: the request and its tool call alike.
+    assert answer.status == Status.OK
+    assert answer.tool_calls[0]["result"]["city"] == "Oslo"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge_runtime.bench.machine import describe_machine
+from edge_runtime.bench.peers import free_port, free_udp_port, start_broker
 from edge_runtime.bench.report import markdown_table, times
-from edge_runtime.bench.transport import _broker, _free_port
 from edge_runtime.device import probe
 
 # The floor: a Python process that imports onnxruntime and opens the same graph, nothing else.
@@ -67,17 +67,11 @@ def _config(args: StartupBenchArgs, directory: Path, broker: int, cache: Path) -
     text = text.replace("port = 1883", f"port = {broker}")
     text = text.replace('state_dir = "state"', f'state_dir = "{directory / "state"}"')
     text += f'\n[filter_host]\ncache_dir = "{cache}"\n'
-    text += f'\n[coap]\nhost = "::1"\nport = {_free_udp_port()}\n'
-    text += f"\n[metrics]\nport = {_free_port()}\n"
+    text += f'\n[coap]\nhost = "::1"\nport = {free_udp_port()}\n'
+    text += f"\n[metrics]\nport = {free_port()}\n"
     path = directory / "edge-runtime.toml"
     path.write_text(text)
     return path
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.bind(("::1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _until_ready(notify: socket.socket, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -170,7 +164,7 @@ def run(args: StartupBenchArgs, out: TextIO) -> dict[str, Any]:
     bare: list[float] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-startup-") as tmp:
         directory = Path(tmp)
-        broker, port = _broker(directory)
+        broker, port = start_broker(directory)
         try:
             for n in range(args.repeats):
                 cache = directory / f"cache-{n}"

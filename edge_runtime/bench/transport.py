@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.bench.machine import describe_machine
+from edge_runtime.bench.peers import free_udp_port, start_broker
 from edge_runtime.bench.report import markdown_table, times
 from edge_runtime.device import probe
 
@@ -36,32 +36,6 @@ class TransportBenchArgs:
     # The direct route runs the model: fewer requests, 16 tokens each.
     direct_requests: int = 48
     model_dir: Path = Path("models/glm-tiny")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    config = directory / "mosquitto.conf"
-    # Without TCP_NODELAY every small publish waits for a delayed ACK (~40-90 ms).
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nset_tcp_nodelay true\n"
-    )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    process = subprocess.Popen([exe, "-c", str(config)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, port
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not start") from None
-            time.sleep(0.05)
 
 
 def _load(port: int, requests: int, concurrency: int, route: str = "echo") -> dict[str, float]:
@@ -119,12 +93,6 @@ def _load(port: int, requests: int, concurrency: int, route: str = "echo") -> di
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
     }
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.bind(("::1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _coap_load(port: int, requests: int, concurrency: int) -> dict[str, float]:
@@ -192,7 +160,7 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     coap_rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="edge-bench-transport-") as tmp:
-        broker, port = _broker(Path(tmp))
+        broker, port = start_broker(Path(tmp))
         try:
             for kind in ("bare", "ours"):
                 server = _serve(kind, port)
@@ -211,7 +179,7 @@ def run(args: TransportBenchArgs, out: TextIO) -> dict[str, Any]:
             finally:
                 _stop(server)
             for kind in ("coap-bare", "coap-ours"):
-                udp = _free_udp_port()
+                udp = free_udp_port()
                 server = _serve(kind, udp)
                 try:
                     _coap_load(udp, 50, 4)  # warm-up

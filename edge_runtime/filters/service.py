@@ -154,10 +154,13 @@ class FilterService:
         supervisors = []
         version = hashlib.sha256()
         for settings in filters:
-            version.update(settings.model_dump_json().encode())
+            spec = filter_spec(settings)
+            # What the filter does: its configuration as read (a config_file's contents, not
+            # its path), its limits, and the module's bytes.
+            version.update(repr(spec).encode())
+            version.update(repr((settings.module, settings.fail)).encode())
             with contextlib.suppress(OSError):
                 version.update(hashlib.sha256(Path(settings.module).read_bytes()).digest())
-            spec = filter_spec(settings)
             engine = self._engine(spec.fuel > 0)
             supervisors.append(
                 FilterSupervisor(

@@ -22,8 +22,6 @@ from edge_runtime.errors import ConfigError
 
 # A device's names and its Home Assistant domain ("" when unknown).
 Named = tuple[Sequence[str], str]
-# Intents handled inside the orchestrator, whatever tools are declared.
-BUILTIN_INTENTS = ("weather", "compose_reminder", "note_add", "note_search")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LIST_REF = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z_][A-Za-z0-9_]*)?\}")
 # Where one request holds several: "...weather in Beijing and write a reminder", "...天气并生成...".

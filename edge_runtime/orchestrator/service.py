@@ -79,7 +79,6 @@ class Orchestrator:
         long_term: LongTermMemory | None,
         cache: ResponseCache | None,
         feedback: FeedbackStore | None,
-        tool_answers: Mapping[str, Mapping[str, str]],
         step_timeout_s: float = 10.0,
         max_tool_steps: int = 4,
         max_new_tokens: int = 128,
@@ -97,7 +96,6 @@ class Orchestrator:
         self.max_new_tokens = max_new_tokens
         self.bad_rating = bad_rating
         self._clock = clock
-        self._tool_answers = tool_answers
         self._configured_devices: dict[str, Named] = {}
         self.runner = PlanRunner(
             tools=tools,
@@ -130,13 +128,14 @@ class Orchestrator:
             needs = [k for k, p in spec.parameters.items() if p.required and p.default is None]
             for intent in spec.intents:
                 required[intent] = needs
+        devices = configured_devices(settings)
         parser = IntentParser.build(
             languages=conf.languages,
             handled=handled,
             required=required,
             templates=conf.templates,
             areas=conf.areas,
-            devices=configured_devices(settings),
+            devices=devices,
             ambiguity_margin=conf.ambiguity_margin,
         )
         state_dir = settings.state_dir
@@ -159,14 +158,13 @@ class Orchestrator:
             if settings.enable_caching
             else None,
             feedback=FeedbackStore(state_dir / "feedback.db"),
-            tool_answers={t.name: t.answer for t in settings.tools},
             step_timeout_s=conf.step_timeout_s,
             max_tool_steps=conf.max_tool_steps,
             max_new_tokens=conf.max_new_tokens,
             bad_rating=conf.bad_rating,
             clock=clock,
         )
-        built._configured_devices = configured_devices(settings)
+        built._configured_devices = devices
         return built
 
     @classmethod
@@ -186,7 +184,6 @@ class Orchestrator:
             long_term=None,
             cache=ResponseCache(conf.cache_size, conf.cache_ttl_s),
             feedback=None,
-            tool_answers={},
         )
 
     def set_devices(self, registered: Mapping[str, Named]) -> None:
@@ -210,7 +207,8 @@ class Orchestrator:
             self.feedback_store.close()
 
     def _describe(self, call: ToolCall, language: str) -> str:
-        return describe_call(call, language, self._tool_answers.get(call.name, {}))
+        tool = self.tools.tools.get(call.name)
+        return describe_call(call, language, tool.settings.answer if tool is not None else {})
 
     async def answer(self, ask: Ask, route: Route, sink: DeltaSink | None = None) -> Answer:
         """Answer one request, from the cache when it can."""

@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edge_runtime.config import ToolParameter, ToolSettings
-from edge_runtime.errors import ToolConfigError, ToolError
+from edge_runtime.errors import ToolConfigError, ToolDeniedError, ToolError
 from edge_runtime.state import StateStore
 
 ENTRY_POINT_GROUP = "edge_runtime.tools"
@@ -437,7 +437,7 @@ class ToolGateway:
             if guard is not None:
                 denied = await guard(name, checked)
                 if denied is not None:
-                    raise ToolError(f"{name}: denied: {denied}")
+                    raise ToolDeniedError(f"{name}: denied: {denied}")
             try:
                 async with asyncio.timeout(max(limit, 0.0)):
                     output = await tool.run(checked, max(limit, 0.001))
@@ -445,7 +445,7 @@ class ToolGateway:
                 raise ToolError(f"{name}: no answer within {limit:.1f} s") from None
             output = _capped(name, output, tool.settings.max_output_bytes)
         except ToolError as exc:
-            outcome = "denied" if ": denied: " in str(exc) else "error"
+            outcome = "denied" if isinstance(exc, ToolDeniedError) else "error"
             self.outcomes[(name, outcome)] += 1
             log.warning("tool %s failed: %s", name, str(exc).removeprefix(f"{name}: "))
             return ToolCall(name, args, error=str(exc), duration_s=self.clock() - started)

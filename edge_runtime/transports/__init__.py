@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from edge_runtime.devices import Description
 from edge_runtime.messages import Chunk, Request, Response
 
 ChunkSink = Callable[[Chunk], Awaitable[None]]
@@ -12,8 +13,8 @@ ChunkSink = Callable[[Chunk], Awaitable[None]]
 PayloadOf = Callable[[Response], dict[str, Any]]
 # A device announced itself: its id and its description (MQTT birth payload).
 DeviceBirth = Callable[[str, bytes], None]
-# A device registered over CoAP: its id, kind and capabilities.
-DeviceRegister = Callable[[str, str, tuple[str, ...]], None]
+# A device registered over CoAP: its id and what it says of itself.
+DeviceRegister = Callable[[str, Description], None]
 # The node's health report: {"status": ..., "reasons": [...]}.
 HealthReport = Callable[[], dict[str, Any]]
 

@@ -14,6 +14,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.util import linkformat
 
 from edge_runtime.codec import CBOR, JSON, TEXT, encode
+from edge_runtime.devices import Description, parse_json_description
 from edge_runtime.messages import Chunk, Request, RequestKind, Response, Status
 from edge_runtime.transports import DeviceRegister, Handler, HealthReport, PayloadOf
 
@@ -271,36 +272,28 @@ class DirectoryResource(resource.Resource):  # type: ignore[misc]
         fmt = request.opt.content_format
         try:
             if fmt is None or int(fmt) == 40:
-                kind, capabilities = _link_format(request.payload)
-                kind = str(query.get("et") or query.get("d") or kind)
+                capabilities = _link_format(request.payload)
+                kind = str(query.get("et") or query.get("d") or "")
+                found = Description(kind[:128], tuple(c[:128] for c in capabilities[:256]))
             elif int(fmt) == 50:
-                kind, capabilities = _json_description(request.payload)
+                found = parse_json_description(request.payload)
             else:
                 return _error(Code.UNSUPPORTED_CONTENT_FORMAT, "use link-format (40) or JSON", 50)
         except Exception as exc:  # link_header raises its own ParseException; all are 4.00
             return _error(Code.BAD_REQUEST, f"cannot read the description: {exc}", 50)
-        self._register(device, kind[:128], tuple(c[:128] for c in capabilities[:256]))
+        self._register(device, found)
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", device))
 
 
-def _link_format(payload: bytes) -> tuple[str, list[str]]:
+def _link_format(payload: bytes) -> list[str]:
+    """The rt values of a link-format body: what the device's resources are."""
     links = linkformat.parse(payload.decode("utf-8")).links if payload else []
     capabilities: list[str] = []
     for link in links:
         for name, value in link.attr_pairs:
             if name == "rt":
                 capabilities.extend(str(value).split())
-    return "", capabilities
-
-
-def _json_description(payload: bytes) -> tuple[str, list[str]]:
-    data = json.loads(payload.decode("utf-8")) if payload else {}
-    if not isinstance(data, dict):
-        raise ValueError("a description is a JSON object")
-    kind, capabilities = data.get("kind", ""), data.get("capabilities", [])
-    if not isinstance(kind, str) or not isinstance(capabilities, list):
-        raise ValueError("kind is a string and capabilities a list")
-    return kind, [str(c) for c in capabilities]
+    return capabilities
 
 
 def _error(code: Code, message: str, fmt: int) -> aiocoap.Message:
