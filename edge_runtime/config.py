@@ -199,6 +199,9 @@ class ToolParameter(_Section):
     minimum: float | None = None
     maximum: float | None = None
     max_length: int = Field(256, ge=1)
+    # A string the user must have said (a city, a room): when the model calls the tool, the
+    # value is held to text of the user's message (grounded decoding).
+    grounded: bool = False
 
 
 class ToolSettings(_Section):
@@ -265,6 +268,8 @@ class OrchestratorSettings(_Section):
     # Two intents whose confidence differs by less than this ask the user which one was meant.
     ambiguity_margin: float = Field(0.05, ge=0, le=1)
     max_tool_steps: int = Field(4, ge=1, le=32)
+    # Hold model-written tool calls to the declared tools and argument schemas while decoding.
+    grounded_tool_calls: bool = True
     step_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int = Field(128, ge=1)
     # Allowed URL prefixes for http tools, e.g. "http://192.168.1.10:8080/".

@@ -44,9 +44,15 @@ class ScriptedModel:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
+        grounding: str | None = None,
     ) -> Generated:
         self.calls.append(
-            {"messages": [dict(m) for m in messages], "tools": tools, "at": time.monotonic()}
+            {
+                "messages": [dict(m) for m in messages],
+                "tools": tools,
+                "grounding": grounding,
+                "at": time.monotonic(),
+            }
         )
         text = self.answers[min(len(self.calls) - 1, len(self.answers) - 1)]
         if on_delta is not None:
@@ -245,6 +251,8 @@ def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     assert answer.tool_calls[0]["result"] == {"echo": "ping"}
     # The tool list went into the model's system block; the observation came back to it.
     assert {t["name"] for t in model.calls[0]["tools"]} == {"weather", "echo"}
+    # Its calls are held to the schemas, grounded in the user's words.
+    assert model.calls[0]["grounding"] == "could you bounce a word off the echo tool"
     assert model.calls[1]["messages"][-1] == {
         "role": "tool",
         "content": '{"result": {"echo": "ping"}}',

@@ -70,11 +70,17 @@ class _TimedGenerator:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
+        grounding: str | None = None,
     ) -> Generated:
         started = time.perf_counter()
         try:
             return await self.inner(
-                messages, params=params, tools=tools, on_delta=on_delta, deadline=deadline
+                messages,
+                params=params,
+                tools=tools,
+                on_delta=on_delta,
+                deadline=deadline,
+                grounding=grounding,
             )
         finally:
             self.spent += time.perf_counter() - started

@@ -40,6 +40,18 @@ class Decoder(Protocol):
         ...
 
 
+class Constraint(Protocol):
+    """Limits which tokens may come next (a grammar); None from mask() means any."""
+
+    def mask(self) -> npt.NDArray[np.bool_] | None:
+        """Allowed token ids for the next step, or None."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """The token that was picked."""
+        ...
+
+
 class TextDecoder(Protocol):
     """Turns generated ids into text deltas, one token at a time."""
 
@@ -122,6 +134,7 @@ class Generation:
         context_length: int,
         cancel: CancelToken | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        constraint: Constraint | None = None,
     ):
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
@@ -138,6 +151,7 @@ class Generation:
         self._budget = min(params.max_new_tokens, context_length - len(prompt_ids))
         self._cancel = cancel or CancelToken()
         self._clock = clock
+        self._constraint = constraint
         self._result: GenerationResult | None = None
         self._iterator = self._run()
 
@@ -181,12 +195,22 @@ class Generation:
                 finish = "cancelled"
                 break
             logits = self._decoder.forward(state, feed)
+            if self._constraint is not None:
+                allowed = self._constraint.mask()
+                if allowed is not None:
+                    if not allowed.any():
+                        # The grammar admits nothing more: the turn is over.
+                        finish = "stop"
+                        break
+                    logits = np.where(allowed, logits, -np.inf).astype(np.float32)
             token = sampler(logits, seen[:n_seen])
             if clock.first_token is None:
                 clock.first_token = self._clock()
             if token in self._stop_ids:
                 finish = "stop"
                 break
+            if self._constraint is not None:
+                self._constraint.advance(token)
             generated.append(token)
             seen[n_seen] = token
             n_seen += 1

@@ -19,7 +19,14 @@ from edge_runtime.errors import (
     ModelFormatError,
     RequestError,
 )
-from edge_runtime.model.generate import CancelToken, DecoderState, Generation, GenerationParams
+from edge_runtime.model.constrain import ToolCallConstraint, ToolGrammar, Vocabulary
+from edge_runtime.model.generate import (
+    CancelToken,
+    Constraint,
+    DecoderState,
+    Generation,
+    GenerationParams,
+)
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
 from edge_runtime.model.sampling import Logits, SamplingParams
 from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer, Message
@@ -288,6 +295,8 @@ class Model:
         self.manifest = manifest
         self.context_length = context_length
         self.context_overflow = context_overflow
+        # Built on the first grounded generation: every token's bytes, for tool-call grammars.
+        self._vocabulary: Vocabulary | None = None
         try:
             # Checked now, so a bad generation_config.json fails the load, not every request.
             self._params({})
@@ -342,6 +351,7 @@ class Model:
         params: GenerationParams,
         *,
         cancel: CancelToken | None = None,
+        constraint: Constraint | None = None,
     ) -> Generation:
         """A generation from token ids (already formatted with the chat template)."""
         return Generation(
@@ -352,6 +362,7 @@ class Model:
             eos_token_ids=self.eos_token_ids,
             context_length=self.context_length,
             cancel=cancel,
+            constraint=constraint,
         )
 
     def chat(
@@ -361,9 +372,32 @@ class Model:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         cancel: CancelToken | None = None,
+        grounding: str | None = None,
     ) -> Generation:
-        """A generation answering a conversation, fitted to the context window."""
-        return self.generate(self.fit(messages, tools=tools), params, cancel=cancel)
+        """A generation answering a conversation, fitted to the context window.
+
+        With ``tools`` and ``grounding`` (the user's message), a tool call the model writes is
+        held to the declared tools and their argument schemas, and strings marked x-grounded
+        to text of the message (see constrain.py).
+        """
+        constraint = None
+        if tools and grounding is not None:
+            constraint = self.tool_constraint(tools, grounding)
+        ids = self.fit(messages, tools=tools)
+        return self.generate(ids, params, cancel=cancel, constraint=constraint)
+
+    def tool_constraint(
+        self, tools: Sequence[Mapping[str, Any]], grounding: str
+    ) -> ToolCallConstraint | None:
+        """The tool-call grammar for one turn; None if the tokenizer has no <|observation|>."""
+        observation = self.tokenizer.token_id("<|observation|>")
+        if observation is None:
+            return None
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary.of(
+                self.tokenizer.backend, self.config.vocab_size, observation
+            )
+        return ToolCallConstraint(ToolGrammar.of(tools, grounding), self._vocabulary)
 
     def fit(
         self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] | None = None

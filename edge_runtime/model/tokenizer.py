@@ -115,6 +115,11 @@ class ChatTokenizer:
         """Size of the vocabulary, added tokens included."""
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers` tokenizer (its vocabulary, for grammars)."""
+        return self._tokenizer
+
     def token_id(self, token: str) -> int | None:
         """Id of a token (special tokens included), or None if unknown."""
         value = self._tokenizer.token_to_id(token)

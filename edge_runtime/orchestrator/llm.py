@@ -50,8 +50,10 @@ class Generator(Protocol):
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
+        grounding: str | None = None,
     ) -> Generated:
-        """Generate the assistant's next turn."""
+        """Generate the assistant's next turn; with ``grounding``, tool calls are held to the
+        tools' schemas and grounded strings to that text."""
         ...
 
 
@@ -89,11 +91,15 @@ class ModelGenerator:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
+        grounding: str | None = None,
     ) -> Generated:
         """Generate; at the deadline the generation stops and what was written is kept."""
         overrides = _overrides(params)
         generation = self.model.chat(
-            list(messages), self.model.default_params(**overrides), tools=tools
+            list(messages),
+            self.model.default_params(**overrides),
+            tools=tools,
+            grounding=grounding,
         )
         text: list[str] = []
         remaining = None if deadline is None else max(0.0, deadline - self._clock())

@@ -73,6 +73,8 @@ class PlanRunner:
     notes: LongTermMemory | None
     step_timeout_s: float = 10.0
     max_tool_steps: int = 4
+    # Tool calls the model writes are held to the schemas, grounded strings to the message.
+    grounded: bool = True
     clock: Callable[[], float] = time.monotonic
     # Formats a tool result for the model's context and the answer; set by the orchestrator.
     describe: Callable[[ToolCall, str], str] = field(
@@ -212,6 +214,7 @@ class PlanRunner:
                 tools=schemas or None,
                 on_delta=sink,
                 deadline=deadline,
+                grounding=ctx.message if self.grounded and schemas else None,
             )
             result.generated = generated
             output = parse_output(generated.text, names)

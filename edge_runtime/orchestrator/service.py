@@ -81,6 +81,7 @@ class Orchestrator:
         feedback: FeedbackStore | None,
         step_timeout_s: float = 10.0,
         max_tool_steps: int = 4,
+        grounded: bool = True,
         max_new_tokens: int = 128,
         bad_rating: int = 2,
         clock: Callable[[], float] = time.monotonic,
@@ -103,6 +104,7 @@ class Orchestrator:
             notes=long_term,
             step_timeout_s=step_timeout_s,
             max_tool_steps=max_tool_steps,
+            grounded=grounded,
             clock=clock,
             describe=self._describe,
         )
@@ -160,6 +162,7 @@ class Orchestrator:
             feedback=FeedbackStore(state_dir / "feedback.db"),
             step_timeout_s=conf.step_timeout_s,
             max_tool_steps=conf.max_tool_steps,
+            grounded=conf.grounded_tool_calls,
             max_new_tokens=conf.max_new_tokens,
             bad_rating=conf.bad_rating,
             clock=clock,

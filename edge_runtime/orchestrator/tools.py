@@ -78,6 +78,8 @@ def arguments_model(name: str, parameters: Mapping[str, ToolParameter]) -> type[
             constraints["description"] = spec.description
         if spec.type == "string" and spec.enum is None:
             constraints["max_length"] = spec.max_length
+            if spec.grounded:
+                constraints["json_schema_extra"] = {"x-grounded": True}
         if spec.minimum is not None:
             constraints["ge"] = spec.minimum
         if spec.maximum is not None:
