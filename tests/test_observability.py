@@ -213,7 +213,8 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
                 {"prompt": "what is the state of the porch light"},
                 f"n{attempt}",
             )
-            if asked["tool_calls"] or time.monotonic() > deadline:
+            # Until the names arrive, the model answers (and may call some tool itself).
+            if asked.get("intents") or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
         assert asked["tool_calls"][0]["name"] == "device_state"

@@ -57,6 +57,12 @@ class Vocabulary:
     # with 0..3 continuation bytes still expected: allowed wholesale inside a string.
     plain: tuple[Mask, ...]
     lengths: npt.NDArray[np.int64]
+    # Token ids by their first byte: a state that admits few bytes looks at few tokens.
+    by_first: tuple[npt.NDArray[np.int64], ...]
+    # Tokens with a double quote in them: the only ones that can end a string.
+    quoted: npt.NDArray[np.int64]
+    ids: Mapping[bytes, int]
+    longest: int
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, size: int, observation: int) -> Vocabulary:
@@ -75,7 +81,15 @@ class Vocabulary:
             np.array([_plain(p, pending) for p in pieces], dtype=np.bool_) for pending in range(4)
         )
         lengths = np.array([len(p) if p is not None else 0 for p in pieces], dtype=np.int64)
-        return cls(tuple(pieces), size, observation, plain, lengths)
+        firsts: list[list[int]] = [[] for _ in range(256)]
+        for ident, piece in enumerate(pieces):
+            if piece:
+                firsts[piece[0]].append(ident)
+        by_first = tuple(np.array(ids, dtype=np.int64) for ids in firsts)
+        quoted = np.array([i for i, p in enumerate(pieces) if p and b'"' in p], dtype=np.int64)
+        ids = {p: i for i, p in enumerate(pieces) if p}
+        longest = max((len(p) for p in ids), default=1)
+        return cls(tuple(pieces), size, observation, plain, lengths, by_first, quoted, ids, longest)
 
 
 @dataclass(frozen=True)
@@ -163,19 +177,46 @@ class ToolCallConstraint:
         if ("end",) in self.state:
             allowed[self.vocab.observation] = True
         inside_string = all(c[0] == "fstr" for c in self.state)
+        room = 0
         if inside_string:
+            room = min(c[3] - c[2] for c in self.state) - 3
             for config in self.state:
                 _, _, used, budget, pending = config
                 # Tokens near the end of the budget are checked one by one below.
-                room = budget - used - 3
-                allowed |= self.vocab.plain[pending] & (self.vocab.lengths <= room)
-        for ident, piece in enumerate(self.vocab.pieces):
-            if piece is None or (inside_string and allowed[ident]):
-                continue
-            if self._consume(self.state, piece):
+                allowed |= self.vocab.plain[pending] & (self.vocab.lengths <= budget - used - 3)
+        for ident in self._candidates(inside_string, room):
+            piece = self.vocab.pieces[ident]
+            if piece is not None and self._consume(self.state, piece):
                 allowed[ident] = True
         self._cache[self.state] = allowed
         return allowed
+
+    def _candidates(self, inside_string: bool, room: int) -> list[int]:
+        """Tokens worth checking one by one in this state (most are settled in bulk)."""
+        vocab = self.vocab
+        if inside_string:
+            # Plain tokens that fit are settled; only quotes (ending the string) and tokens
+            # longer than the room left remain.
+            near_end = np.flatnonzero(vocab.lengths > max(room, 0))
+            return [*vocab.quoted.tolist(), *near_end.tolist()]
+        if all(c[0] == "gstr" for c in self.state):
+            # Grounded text: every token that is a run of the message from a place the state
+            # can continue at, plus tokens with the closing quote.
+            text = self.grammar.grounding
+            found: set[int] = set(vocab.quoted.tolist())
+            for _, _, ends in self.state:
+                starts = range(len(text)) if ends is None else ends
+                for start in starts:
+                    for stop in range(start + 1, min(len(text), start + vocab.longest) + 1):
+                        ident = vocab.ids.get(text[start:stop])
+                        if ident is not None:
+                            found.add(ident)
+            return sorted(found)
+        out: list[int] = []
+        for first in range(256):
+            if self._consume(self.state, bytes((first,))):
+                out.extend(vocab.by_first[first].tolist())
+        return out
 
     def advance(self, token: int) -> None:
         """The model picked ``token``."""
@@ -279,7 +320,11 @@ class ToolCallConstraint:
             _, number, text, nxt = config
             grown = text + bytes([byte])
             out: set[_Config] = set()
-            if _number_prefix(grown, number) and len(grown) <= _MAX_NUMBER_BYTES:
+            # A number that reaches the length bound must already be whole ("12." is not).
+            fits = len(grown) < _MAX_NUMBER_BYTES or (
+                len(grown) == _MAX_NUMBER_BYTES and _number_complete(grown, number)
+            )
+            if fits and _number_prefix(grown, number):
                 out.add(("num", number, grown, nxt))
             if _number_complete(text, number):
                 for follow in self._start(nxt):
