@@ -255,6 +255,9 @@ def test_metrics_health_logs_and_devices(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert {r["level"] for r in records} >= {"info"}
     # Records logged while answering carry the request's id (the correlation data, hex).
-    (warning,) = [r for r in records if r["logger"] == "edge_runtime.tools"]
-    assert warning["level"] == "warning"
-    assert warning["request_id"] == b"w1".hex()
+    tool_warnings = [r for r in records if r["logger"] == "edge_runtime.tools"]
+    weather = [r for r in tool_warnings if r["request_id"] == b"w1".hex()]
+    assert [r["level"] for r in weather] == ["warning"]
+    assert "tool weather failed" in weather[0]["message"]
+    # Every tool warning was logged while answering some request, and says which.
+    assert all(r.get("request_id") for r in tool_warnings)

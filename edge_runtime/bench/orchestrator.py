@@ -231,10 +231,13 @@ async def _run(args: OrchestratorBenchArgs, port: int, state_dir: Path) -> dict[
             results["bare_http"] = _summary(totals)
 
         async def bare_generation(n: int) -> float:
+            # The same turn the agent step asks for: tool list, grounded tool-call grammar.
+            message = f"tell me something about topic number {n}"
             await generator.inner(
-                [{"role": "user", "content": f"tell me something about topic number {n}"}],
+                [{"role": "user", "content": message}],
                 params={"max_new_tokens": args.new_tokens},
                 tools=schemas,
+                grounding=message,
             )
             return 0.0
 
@@ -296,7 +299,7 @@ def render(result: dict[str, Any]) -> str:
         "cache_hit": "cache hit",
         "model_miss": "cache miss to the model (agent step)",
         "model_miss_overhead": "  of which the orchestrator (minus the model)",
-        "bare_generation": "baseline: the same generation called directly",
+        "bare_generation": "baseline: the same generation (tools, grammar) called directly",
     }
     body = [
         [label, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", str(row["n"])]
