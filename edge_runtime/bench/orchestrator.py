@@ -51,6 +51,7 @@ class _TimedGenerator:
     def __init__(self, inner: Generator):
         self.inner = inner
         self.spent = 0.0
+        self.calls = 0
 
     @property
     def identity(self) -> str:
@@ -73,6 +74,7 @@ class _TimedGenerator:
         grounding: str | None = None,
     ) -> Generated:
         started = time.perf_counter()
+        self.calls += 1
         try:
             return await self.inner(
                 messages,
@@ -197,12 +199,19 @@ async def _run(args: OrchestratorBenchArgs, port: int, state_dir: Path) -> dict[
                 results["rule_tool"] = _summary(totals)
                 results["rule_tool_overhead"] = _summary(overheads)
 
-                async def model_miss(n: int) -> float:
+                async def model_miss(n: int, in_tool: list[float] = in_tool) -> float:
+                    # The model's turns and the tools it called are not the orchestrator's.
                     generator.spent = 0.0
+                    in_tool[0] = 0.0
                     await ask(f"tell me something about topic number {n}", n)
-                    return generator.spent
+                    return generator.spent + in_tool[0]
 
+                turns_before = generator.calls
                 totals, overheads = await _measure(args.model_requests, 3, model_miss)
+                # The agent loop may call tools and ask the model again: turns per request.
+                results["model_turns_per_miss"] = round(
+                    (generator.calls - turns_before) / (args.model_requests + 3), 2
+                )
                 results["model_miss"] = _summary(totals)
                 results["model_miss_overhead"] = _summary(overheads)
             else:
@@ -267,6 +276,7 @@ def run(args: OrchestratorBenchArgs, out: TextIO) -> dict[str, Any]:
             service.wait(timeout=10)
             if service.stdout is not None:
                 service.stdout.close()
+    turns = measured.pop("model_turns_per_miss")
     p50 = {k: v["p50_ms"] for k, v in measured.items()}
     result = {
         "machine": describe_machine(device, device.effective_threads),
@@ -274,6 +284,7 @@ def run(args: OrchestratorBenchArgs, out: TextIO) -> dict[str, Any]:
         "model_requests": args.model_requests,
         "new_tokens": args.new_tokens,
         "latency": measured,
+        "model_turns_per_miss": turns,
         "ratios_p50": {
             "rule_tool_vs_bare_http": round(p50["rule_tool"] / p50["bare_http"], 2),
             "cache_hit_vs_rule_tool": round(p50["cache_hit"] / p50["rule_tool"], 3),
@@ -312,6 +323,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"p50 ratios: rule-matched vs bare GET {times(ratios['rule_tool_vs_bare_http'])}; "
         f"cache hit vs rule-matched {times(ratios['cache_hit_vs_rule_tool'])}; "
-        f"model miss vs bare generation {times(ratios['model_miss_vs_bare_generation'])}",
+        f"model miss vs bare generation {times(ratios['model_miss_vs_bare_generation'])} "
+        f"({result['model_turns_per_miss']} model turns per miss)",
     ]
     return "\n".join(lines)
