@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("build-tiny", help="build the small GLM for tests")
     tiny.add_argument("--out", required=True, type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    dataset = model_commands.add_parser(
+        "dataset", help="synthetic assistant conversations (train and held-out splits) as JSONL"
+    )
+    dataset.add_argument("--out", required=True, type=Path)
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument("--train", type=int, default=20_000, help="training samples")
+    dataset.add_argument("--eval", type=int, default=400, help="samples per held-out split")
     verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
     verify.add_argument("directory", type=Path)
 
@@ -381,6 +388,20 @@ def _model(args: argparse.Namespace) -> int:
         from edge_runtime.model.verify import verify_directory
 
         return verify_directory(args.directory, sys.stdout)
+    if args.model_command == "dataset":
+        from edge_runtime.model import dataset
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "tools.json").write_text(
+            json.dumps(dataset.tool_schemas(), ensure_ascii=False, indent=2) + "\n"
+        )
+        for split in dataset.SPLITS:
+            count = args.train if split == "train" else args.eval
+            written = dataset.write_jsonl(
+                args.out / f"{split}.jsonl", dataset.generate(split, count, seed=args.seed)
+            )
+            print(f"{split}: {written} samples")
+        return 0
     from edge_runtime.model.export import ExportOptions
 
     if args.model_command == "build-tiny":

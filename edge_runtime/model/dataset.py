@@ -1,0 +1,712 @@
+"""Synthetic GLM-4 conversations for the edge assistant: seeded, English and Chinese, with splits.
+
+Each sample is a whole exchange in the GLM-4 chat format: the user's request, the assistant's tool
+call (``{name}\\n{json}``), the observation, and an answer that uses the observation's values; or
+a clarification question and its answer; or a refusal. Held-out splits keep templates, slot values
+(cities, rooms, devices never seen in training) and hand-written paraphrases apart, so an
+evaluation measures what a model learned rather than what it memorised.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+Language = Literal["en", "zh"]
+Split = Literal["train", "heldout_template", "heldout_value", "paraphrase"]
+SPLITS: tuple[Split, ...] = ("train", "heldout_template", "heldout_value", "paraphrase")
+CATEGORIES = (
+    "weather",
+    "sensor",
+    "device_state",
+    "command",
+    "note",
+    "multi",
+    "clarify",
+    "refuse",
+)
+DATES = {
+    "today": {"en": "today", "zh": "今天"},
+    "tomorrow": {"en": "tomorrow", "zh": "明天"},
+    "day_after_tomorrow": {"en": "the day after tomorrow", "zh": "后天"},
+}
+CONDITIONS = [
+    ("sunny", "晴"),
+    ("partly cloudy", "多云"),
+    ("overcast", "阴"),
+    ("light rain", "小雨"),
+    ("showers", "阵雨"),
+    ("snow", "小雪"),
+    ("fog", "雾"),
+    ("thunderstorms", "雷阵雨"),
+]
+
+
+def tool_schemas() -> list[dict[str, Any]]:
+    """The tools the assistant is trained on, as GLM-4 lists them in its system block."""
+
+    def string(description: str, grounded: bool = False) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": "string", "description": description, "maxLength": 64}
+        if grounded:
+            spec["x-grounded"] = True
+        return spec
+
+    def tool(
+        name: str, description: str, props: dict[str, Any], required: list[str]
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": False,
+            },
+        }
+
+    sensors = [s["id"] for s in vocabulary()["sensors"]]
+    return [
+        tool(
+            "weather",
+            "Weather forecast for a city",
+            {
+                "city": string("city name, as the user wrote it", grounded=True),
+                "date": {"enum": list(DATES), "default": "today"},
+            },
+            ["city"],
+        ),
+        tool(
+            "sensor_reading",
+            "Latest reading of a sensor in a room",
+            {
+                "area": string("room, as the user wrote it", grounded=True),
+                "sensor": {"enum": sensors},
+            },
+            ["area", "sensor"],
+        ),
+        tool(
+            "device_state",
+            "Whether a device is on or off",
+            {
+                "name": string("device, as the user wrote it", grounded=True),
+            },
+            ["name"],
+        ),
+        tool(
+            "set_device",
+            "Turn a device on or off",
+            {
+                "name": string("device, as the user wrote it", grounded=True),
+                "state": {"enum": ["on", "off"]},
+            },
+            ["name", "state"],
+        ),
+        tool(
+            "add_note",
+            "Keep a note for the user",
+            {
+                "text": string("the note, in the user's words", grounded=True),
+            },
+            ["text"],
+        ),
+    ]
+
+
+@cache
+def vocabulary() -> dict[str, Any]:
+    """Cities, rooms, sensors and devices (``data/assistant.json``)."""
+    path = resources.files("edge_runtime.model") / "data" / "assistant.json"
+    data: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return data
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One conversation and what a model should have done in it."""
+
+    language: Language
+    category: str
+    split: Split
+    messages: list[dict[str, Any]]
+    # {"tool", "arguments"} of the first call; "values": what the answer must mention;
+    # "clarify"/"refuse": the first assistant turn is a question or a refusal.
+    expected: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The sample as a JSON line."""
+        return asdict(self)
+
+
+# Templates: (category, language) -> sentences. Each list's every fifth sentence is held out.
+TEMPLATES: dict[tuple[str, str], list[str]] = {
+    ("weather", "en"): [
+        "what's the weather in {city} {date}",
+        "how is the weather in {city} {date}",
+        "weather for {city} {date}",
+        "will it rain in {city} {date}",
+        "tell me {date}'s weather in {city}",
+        "check the weather in {city} for {date}",
+        "what will the weather be like in {city} {date}",
+        "forecast for {city} {date}",
+        "is it going to be cold in {city} {date}",
+        "give me the {city} weather {date}",
+    ],
+    ("weather", "zh"): [
+        "{city}{date}天气怎么样",
+        "查询{city}{date}的天气",
+        "{date}{city}的天气如何",
+        "{city}{date}会下雨吗",
+        "帮我看看{city}{date}的天气",
+        "{city}{date}冷不冷",
+        "告诉我{date}{city}的天气",
+        "{city}{date}的天气预报",
+        "查一下{date}{city}天气",
+        "{city}{date}适合出门吗",
+    ],
+    ("sensor", "en"): [
+        "what's the {sensor} in the {area}",
+        "how high is the {sensor} in the {area}",
+        "read the {area} {sensor}",
+        "tell me the {sensor} of the {area}",
+        "check the {sensor} in the {area}",
+        "what is the current {sensor} in the {area}",
+        "{sensor} in the {area}?",
+        "show me the {area} {sensor} reading",
+        "is the {sensor} in the {area} ok",
+        "give me the latest {sensor} from the {area}",
+    ],
+    ("sensor", "zh"): [
+        "{area}的{sensor}是多少",
+        "{area}现在的{sensor}",
+        "查一下{area}的{sensor}",
+        "告诉我{area}的{sensor}",
+        "{area}{sensor}多少",
+        "看看{area}的{sensor}",
+        "{area}的{sensor}正常吗",
+        "读取{area}的{sensor}",
+        "{area}当前{sensor}是多少",
+        "帮我查{area}的{sensor}",
+    ],
+    ("device_state", "en"): [
+        "is the {device} on",
+        "is the {device} still on",
+        "did I leave the {device} on",
+        "what's the state of the {device}",
+        "check whether the {device} is on",
+        "is the {device} off",
+        "tell me if the {device} is running",
+        "status of the {device}",
+        "is the {device} working right now",
+        "can you check the {device}",
+    ],
+    ("device_state", "zh"): [
+        "{device}开着吗",
+        "{device}关了吗",
+        "{device}现在是什么状态",
+        "帮我看看{device}开着没有",
+        "{device}还在运行吗",
+        "查一下{device}的状态",
+        "我是不是忘了关{device}",
+        "{device}是开着的吗",
+        "告诉我{device}的状态",
+        "{device}在工作吗",
+    ],
+    ("command", "en"): [
+        "turn {state} the {device}",
+        "switch {state} the {device}",
+        "please turn the {device} {state}",
+        "can you switch the {device} {state}",
+        "set the {device} {state}",
+        "{device} {state} please",
+        "I want the {device} {state}",
+        "put the {device} {state}",
+        "turn the {device} {state} now",
+        "make sure the {device} is {state}",
+    ],
+    ("command", "zh"): [
+        "{state}{device}",
+        "帮我{state}{device}",
+        "请{state}{device}",
+        "把{device}{state}",
+        "麻烦{state}{device}",
+        "现在{state}{device}",
+        "给我{state}{device}",
+        "{state}一下{device}",
+        "我想{state}{device}",
+        "快{state}{device}",
+    ],
+    ("note", "en"): [
+        "remember that {note}",
+        "note that {note}",
+        "take a note: {note}",
+        "save a note: {note}",
+        "please remember {note}",
+        "write down that {note}",
+        "keep in mind that {note}",
+        "make a note that {note}",
+        "add a note: {note}",
+        "jot down: {note}",
+    ],
+    ("note", "zh"): [
+        "记住{note}",
+        "记一下：{note}",
+        "帮我记下{note}",
+        "记录一下：{note}",
+        "请记住{note}",
+        "备忘：{note}",
+        "帮我记住：{note}",
+        "写个笔记：{note}",
+        "记下来：{note}",
+        "添加笔记：{note}",
+    ],
+    ("multi", "en"): [
+        "check {date}'s weather in {city} and write a reminder",
+        "query {date}'s weather in {city} and write a reminder",
+        "look up the weather in {city} {date} and draft a reminder for me",
+        "what's the weather in {city} {date}? then write me a reminder",
+        "get {city}'s weather for {date} and compose a short reminder",
+        "find out the weather in {city} {date} and remind me what to bring",
+    ],
+    ("multi", "zh"): [
+        "查询{city}{date}的天气并生成一段提醒文案",
+        "看看{city}{date}的天气，然后写个提醒",
+        "查一下{date}{city}的天气并帮我写一条提醒",
+        "{city}{date}天气怎么样？顺便生成提醒",
+        "帮我查{city}{date}的天气，再写一段提醒",
+        "查询{date}{city}天气并提醒我要带什么",
+    ],
+    ("clarify", "en"): [
+        "what's the weather {date}",
+        "will it rain {date}",
+        "how is the weather {date}",
+        "check the weather for {date}",
+        "weather forecast {date}",
+    ],
+    ("clarify", "zh"): [
+        "{date}天气怎么样",
+        "{date}会下雨吗",
+        "查询{date}的天气",
+        "{date}的天气预报",
+        "看看{date}的天气",
+    ],
+}
+REFUSALS: dict[str, list[str]] = {
+    "en": [
+        "write a poem about the sea",
+        "who won the world cup in 2010",
+        "translate hello into French",
+        "tell me a joke about cats",
+        "what is the capital of Peru",
+        "help me with my homework",
+        "book a flight to Paris",
+        "what's the meaning of life",
+        "summarize this novel for me",
+        "recommend a good movie",
+        "how do I cook pasta",
+        "what is 17 times 23",
+    ],
+    "zh": [
+        "写一首关于大海的诗",
+        "2010年世界杯冠军是谁",
+        "把你好翻译成法语",
+        "讲个关于猫的笑话",
+        "秘鲁的首都是哪里",
+        "帮我写作业",
+        "帮我订一张去巴黎的机票",
+        "人生的意义是什么",
+        "帮我总结这本小说",
+        "推荐一部好电影",
+        "怎么煮意大利面",
+        "17乘以23等于多少",
+    ],
+}
+NOTES: dict[str, list[str]] = {
+    "en": [
+        "the wifi password is tulip42",
+        "the car is on level B2",
+        "mom's birthday is on May 3",
+        "the plumber comes on Friday",
+        "the spare key is under the mat",
+        "buy milk and eggs",
+        "the gate code is 4711",
+        "water the plants on Sunday",
+        "the meeting moved to 3 pm",
+        "the filter was changed in March",
+    ],
+    "zh": [
+        "无线密码是tulip42",
+        "车停在B2层",
+        "妈妈的生日是5月3日",
+        "水管工周五来",
+        "备用钥匙在门垫下",
+        "买牛奶和鸡蛋",
+        "大门密码是4711",
+        "周日给植物浇水",
+        "会议改到下午三点",
+        "三月换过滤网",
+    ],
+}
+ANSWERS: dict[tuple[str, str], str] = {
+    ("weather", "en"): "{city} {date}: {condition}, {low} to {high} °C, {rain}% chance of rain.",
+    ("weather", "zh"): "{city}{date}：{condition}，{low}～{high}°C，降水概率{rain}%。",
+    ("sensor", "en"): "The {sensor} in the {area} is {value} {unit}.",
+    ("sensor", "zh"): "{area}的{sensor}是{value}{unit}。",
+    ("device_state", "en"): "The {device} is {state}.",
+    ("device_state", "zh"): "{device}现在是{state}的。",
+    ("command", "en"): "Done: the {device} is now {state}.",
+    ("command", "zh"): "好的，{device}已{state}。",
+    ("note", "en"): "Noted: {note}.",
+    ("note", "zh"): "已记下：{note}。",
+    (
+        "remind",
+        "en",
+    ): "Reminder: {date} in {city} it will be {condition}, {low} to {high} °C{advice}.",
+    ("remind", "zh"): "提醒：{city}{date}{condition}，{low}～{high}°C{advice}。",
+    ("ask_city", "en"): "Which city's weather do you want?",
+    ("ask_city", "zh"): "请问要查询哪个城市的天气？",
+    ("refuse", "en"): "Sorry, I can only help with the devices, sensors, weather, reminders and "
+    "notes of this home.",
+    ("refuse", "zh"): "抱歉，我只能帮您处理家里的设备、传感器、天气、提醒和笔记。",
+}
+PARAPHRASES: dict[str, list[tuple[str, str, dict[str, str]]]] = {
+    # Hand-written requests no template produces: (text, category, slot values).
+    "en": [
+        (
+            "Do I need an umbrella in Berlin tomorrow?",
+            "weather",
+            {"city": "Berlin", "date": "tomorrow"},
+        ),
+        (
+            "Hey, what's it like outside in Tokyo today",
+            "weather",
+            {"city": "Tokyo", "date": "today"},
+        ),
+        (
+            "Any idea how warm the kitchen is right now?",
+            "sensor",
+            {"area": "kitchen", "sensor": "temperature"},
+        ),
+        (
+            "I wonder what the humidity in the bedroom is",
+            "sensor",
+            {"area": "bedroom", "sensor": "humidity"},
+        ),
+        ("Did somebody forget to switch off the fan?", "device_state", {"device": "fan"}),
+        ("Kill the heater, it's too hot", "command", {"device": "heater", "state": "off"}),
+        ("Could you get the speaker going", "command", {"device": "speaker", "state": "on"}),
+        ("Don't let me forget: the gate code is 4711", "note", {"note": "the gate code is 4711"}),
+    ],
+    "zh": [
+        ("明天去柏林要带伞吗", "weather", {"city": "柏林", "date": "tomorrow"}),
+        ("今天东京外面怎么样", "weather", {"city": "东京", "date": "today"}),
+        ("厨房现在热不热，温度多少", "sensor", {"area": "厨房", "sensor": "temperature"}),
+        ("卧室湿度高吗", "sensor", {"area": "卧室", "sensor": "humidity"}),
+        ("风扇是不是还没关", "device_state", {"device": "风扇"}),
+        ("太热了，把暖气关掉", "command", {"device": "暖气", "state": "off"}),
+        ("让音箱响起来", "command", {"device": "音箱", "state": "on"}),
+        ("别让我忘了：大门密码是4711", "note", {"note": "大门密码是4711"}),
+    ],
+}
+
+
+@dataclass
+class _Values:
+    """Slot values of one split: held-out values never appear in training."""
+
+    cities: list[dict[str, str]]
+    areas: list[dict[str, str]]
+    devices: list[dict[str, str]]
+
+
+def _partition(seed: int) -> tuple[_Values, _Values]:
+    vocab = vocabulary()
+    rng = random.Random(f"{seed}:values")
+    cities, areas, devices = list(vocab["cities"]), list(vocab["areas"]), list(vocab["devices"])
+    for items in (cities, areas, devices):
+        rng.shuffle(items)
+    # The paraphrases name a few values: keep those in training.
+    keep_city = {"Berlin", "Tokyo"}
+    keep_area = {"kitchen", "bedroom"}
+    keep_device = {"fan", "heater", "speaker"}
+    cities.sort(key=lambda c: c["en"] in keep_city, reverse=True)
+    areas.sort(key=lambda a: a["en"] in keep_area, reverse=True)
+    devices.sort(key=lambda d: d["en"] in keep_device, reverse=True)
+    held = (len(cities) * 15 // 100, len(areas) * 20 // 100, 3)
+    train = _Values(cities[: -held[0]], areas[: -held[1]], devices[: -held[2]])
+    heldout = _Values(cities[-held[0] :], areas[-held[1] :], devices[-held[2] :])
+    return train, heldout
+
+
+def _templates(category: str, language: str, split: Split) -> list[str]:
+    found = TEMPLATES[(category, language)]
+    held = [t for i, t in enumerate(found) if i % 5 == 4]
+    if split == "heldout_template":
+        return held or found[-1:]
+    return [t for t in found if t not in held] or found
+
+
+def generate(split: Split, count: int, seed: int = 0) -> list[Sample]:
+    """``count`` samples of ``split`` (the paraphrases: each once), the same for the same seed."""
+    rng = random.Random(f"{seed}:{split}")
+    train_values, heldout_values = _partition(seed)
+    values = heldout_values if split == "heldout_value" else train_values
+    out: list[Sample] = []
+    while len(out) < count:
+        language: Language = "en" if len(out) % 2 == 0 else "zh"
+        if split == "paraphrase":
+            # Each hand-written request once: there are few, and repeats would weigh them.
+            index = len(out) // 2
+            if index >= len(PARAPHRASES[language]):
+                break
+            text, category, slots = PARAPHRASES[language][index]
+            out.append(_from_slots(rng, language, category, split, text=text, slots=slots))
+            continue
+        category = CATEGORIES[(len(out) // 2) % len(CATEGORIES)]
+        if split == "heldout_value" and category == "refuse":
+            category = "weather"
+        out.append(_sample(rng, language, category, split, values))
+    return out
+
+
+def _sample(
+    rng: random.Random, language: Language, category: str, split: Split, values: _Values
+) -> Sample:
+    if category == "refuse":
+        text = rng.choice(REFUSALS[language])
+        messages = [_user(text), _assistant(ANSWERS[("refuse", language)])]
+        return Sample(language, category, split, messages, {"refuse": True})
+    template = rng.choice(_templates(category, language, split))
+    city = rng.choice(values.cities)[language]
+    area = rng.choice(values.areas)[language]
+    device = rng.choice(values.devices)[language]
+    date = rng.choice(list(DATES))
+    sensor = rng.choice(vocabulary()["sensors"])
+    state = rng.choice(["on", "off"])
+    note = rng.choice(NOTES[language])
+    words = {
+        "city": city,
+        "area": area,
+        "device": device,
+        "date": DATES[date][language],
+        "sensor": sensor[language],
+        "note": note,
+        "state": state if language == "en" else {"on": "打开", "off": "关闭"}[state],
+    }
+    text = template.format(**words)
+    slots = {
+        "city": city,
+        "date": date,
+        "area": area,
+        "sensor": sensor["id"],
+        "device": device,
+        "state": state,
+        "note": note,
+    }
+    return _from_slots(rng, language, category, split, text=text, slots=slots)
+
+
+def _from_slots(
+    rng: random.Random,
+    language: Language,
+    category: str,
+    split: Split,
+    *,
+    text: str,
+    slots: Mapping[str, str],
+) -> Sample:
+    if category in ("weather", "multi", "clarify"):
+        city, date = slots.get("city", ""), slots.get("date", "today")
+        arguments = {"city": city, "date": date}
+        observation = _forecast(rng, city, date, language)
+        key = "remind" if category == "multi" else "weather"
+        answer = ANSWERS[("weather", language)].format(**observation["words"])
+        if category == "multi":
+            answer = answer + "\n" + ANSWERS[(key, language)].format(**observation["words"])
+        call = _call("weather", arguments)
+        result = {"role": "tool", "content": json.dumps(observation["result"], ensure_ascii=False)}
+        values = [str(observation["result"]["low_c"]), str(observation["result"]["high_c"])]
+        if category == "clarify":
+            messages = [
+                _user(text),
+                _assistant(ANSWERS[("ask_city", language)]),
+                _user(city),
+                call,
+                result,
+                _assistant(answer),
+            ]
+            expected = {
+                "clarify": True,
+                "tool": "weather",
+                "arguments": arguments,
+                "values": values,
+            }
+            return Sample(language, category, split, messages, expected)
+        messages = [_user(text), call, result, _assistant(answer)]
+        return Sample(
+            language,
+            category,
+            split,
+            messages,
+            {"tool": "weather", "arguments": arguments, "values": values},
+        )
+    if category == "sensor":
+        sensor = next(s for s in vocabulary()["sensors"] if s["id"] == slots["sensor"])
+        value = round(rng.uniform(sensor["low"], sensor["high"]), sensor["digits"])
+        if sensor["digits"] == 0:
+            value = int(value)
+        arguments = {"area": slots["area"], "sensor": sensor["id"]}
+        result = {
+            "area": slots["area"],
+            "sensor": sensor["id"],
+            "value": value,
+            "unit": sensor["unit"],
+        }
+        answer = ANSWERS[("sensor", language)].format(
+            sensor=sensor[language], area=slots["area"], value=value, unit=sensor["unit"]
+        )
+        return _tool_sample(
+            language,
+            category,
+            split,
+            text=text,
+            call=("sensor_reading", arguments),
+            result=result,
+            answer=answer,
+            values=[str(value)],
+        )
+    if category == "device_state":
+        on = rng.random() < 0.5
+        state = ("on" if on else "off") if language == "en" else ("开着" if on else "关着")
+        arguments = {"name": slots["device"]}
+        answer = ANSWERS[("device_state", language)].format(device=slots["device"], state=state)
+        return _tool_sample(
+            language,
+            category,
+            split,
+            text=text,
+            call=("device_state", arguments),
+            result={"name": slots["device"], "state": "on" if on else "off"},
+            answer=answer,
+            values=[],
+        )
+    if category == "command":
+        arguments = {"name": slots["device"], "state": slots["state"]}
+        state = (
+            slots["state"] if language == "en" else {"on": "打开", "off": "关闭"}[slots["state"]]
+        )
+        answer = ANSWERS[("command", language)].format(device=slots["device"], state=state)
+        return _tool_sample(
+            language,
+            category,
+            split,
+            text=text,
+            call=("set_device", arguments),
+            result={"name": slots["device"], "state": slots["state"], "ok": True},
+            answer=answer,
+            values=[],
+        )
+    if category == "note":
+        arguments = {"text": slots["note"]}
+        answer = ANSWERS[("note", language)].format(note=slots["note"])
+        return _tool_sample(
+            language,
+            category,
+            split,
+            text=text,
+            call=("add_note", arguments),
+            result={"saved": True},
+            answer=answer,
+            values=[],
+        )
+    raise ValueError(f"unknown category {category!r}")
+
+
+def _tool_sample(
+    language: Language,
+    category: str,
+    split: Split,
+    *,
+    text: str,
+    call: tuple[str, dict[str, Any]],
+    result: dict[str, Any],
+    answer: str,
+    values: list[str],
+) -> Sample:
+    tool, arguments = call
+    messages = [
+        _user(text),
+        _call(tool, arguments),
+        {"role": "tool", "content": json.dumps(result, ensure_ascii=False)},
+        _assistant(answer),
+    ]
+    expected = {"tool": tool, "arguments": arguments, "values": values}
+    return Sample(language, category, split, messages, expected)
+
+
+def _forecast(rng: random.Random, city: str, date: str, language: str) -> dict[str, Any]:
+    condition = rng.choice(CONDITIONS)
+    low = rng.randint(-10, 25)
+    high = low + rng.randint(2, 12)
+    rain = rng.randint(0, 100)
+    en, zh = condition
+    result = {
+        "city": city,
+        "date": date,
+        "condition": en,
+        "low_c": low,
+        "high_c": high,
+        "precipitation": rain,
+    }
+    wet = en in ("light rain", "showers", "thunderstorms")
+    advice = {
+        "en": ", so take an umbrella" if wet else (", so dress warmly" if low < 5 else ""),
+        "zh": "，记得带伞" if wet else ("，注意保暖" if low < 5 else ""),
+    }[language]
+    words = {
+        "city": city,
+        "date": DATES[date][language],
+        "condition": en if language == "en" else zh,
+        "low": low,
+        "high": high,
+        "rain": rain,
+        "advice": advice,
+    }
+    return {"result": result, "words": words}
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def _call(name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"name": name, "arguments": dict(arguments)}],
+    }
+
+
+def write_jsonl(path: Path, samples: Sequence[Sample]) -> int:
+    """Write samples as JSON lines; returns how many."""
+    with path.open("w", encoding="utf-8") as out:
+        for sample in samples:
+            out.write(json.dumps(sample.as_dict(), ensure_ascii=False) + "\n")
+    return len(samples)
+
+
+def read_jsonl(path: Path) -> Iterator[Sample]:
+    """Samples written by write_jsonl."""
+    with path.open(encoding="utf-8") as source:
+        for line in source:
+            yield Sample(**json.loads(line))

@@ -1,0 +1,131 @@
+"""The synthetic assistant dataset: deterministic, complete, split cleanly, and in the format the
+runtime's chat template and tool-call grammar expect."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from edge_runtime.model import dataset
+from edge_runtime.model.constrain import ToolCallConstraint, ToolGrammar, Vocabulary
+from edge_runtime.model.runtime import Model
+
+TRAIN = dataset.generate("train", 1600, seed=0)
+
+
+def text_of(sample: dataset.Sample) -> str:
+    return json.dumps(sample.messages, ensure_ascii=False)
+
+
+def test_the_same_seed_gives_the_same_data() -> None:
+    again = dataset.generate("train", 1600, seed=0)
+    assert [s.as_dict() for s in again] == [s.as_dict() for s in TRAIN]
+    other = dataset.generate("train", 1600, seed=1)
+    assert [s.as_dict() for s in other] != [s.as_dict() for s in TRAIN]
+
+
+def test_every_category_in_both_languages() -> None:
+    seen = Counter((s.category, s.language) for s in TRAIN)
+    for category in dataset.CATEGORIES:
+        for language in ("en", "zh"):
+            assert seen[(category, language)] >= 50, (category, language)
+
+
+def test_vocabularies_are_large() -> None:
+    vocab = dataset.vocabulary()
+    assert len(vocab["cities"]) >= 200
+    assert len(vocab["areas"]) >= 30
+    assert len(vocab["devices"]) >= 12 and len(vocab["sensors"]) >= 8
+
+
+def test_held_out_values_never_reach_training() -> None:
+    held = dataset.generate("heldout_value", 400, seed=0)
+    names = {
+        str(value)
+        for sample in held
+        for key, value in sample.expected.get("arguments", {}).items()
+        if key in ("city", "area", "name")
+    }
+    assert len(names) >= 20
+    corpus = "\n".join(text_of(s) for s in dataset.generate("train", 6000, seed=0))
+    assert not [name for name in names if name in corpus]
+
+
+def test_held_out_templates_are_not_trained_on() -> None:
+    for category, language in dataset.TEMPLATES:
+        held = set(dataset._templates(category, language, "heldout_template"))
+        trained = set(dataset._templates(category, language, "train"))
+        assert held and trained and not held & trained, (category, language)
+
+
+def test_paraphrases_come_once_each() -> None:
+    found = dataset.generate("paraphrase", 400, seed=0)
+    texts = [s.messages[0]["content"] for s in found]
+    assert len(texts) == len(set(texts)) == sum(len(p) for p in dataset.PARAPHRASES.values())
+
+
+def valid_arguments(tool: dict[str, Any], arguments: dict[str, Any], heard: str) -> bool:
+    schema = tool["parameters"]
+    props = schema["properties"]
+    if set(arguments) - set(props) or set(schema["required"]) - set(arguments):
+        return False
+    for key, value in arguments.items():
+        spec = props[key]
+        if "enum" in spec and value not in spec["enum"]:
+            return False
+        if spec.get("x-grounded") and str(value) not in heard:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("split", dataset.SPLITS)
+def test_calls_fit_the_tools_and_answers_use_the_observation(split: str) -> None:
+    tools = {t["name"]: t for t in dataset.tool_schemas()}
+    for sample in dataset.generate(split, 400, seed=0):  # type: ignore[arg-type]
+        expected = sample.expected
+        final = sample.messages[-1]
+        if expected.get("refuse"):
+            assert final["role"] == "assistant" and "tool_calls" not in final
+            continue
+        heard = " ".join(m["content"] for m in sample.messages if m["role"] == "user")
+        assert valid_arguments(tools[expected["tool"]], expected["arguments"], heard), sample
+        for value in expected["values"]:
+            assert value in final["content"], (value, final)
+
+
+def test_conversations_render_with_the_chat_template(tiny_model: Model) -> None:
+    tools = dataset.tool_schemas()
+    for sample in TRAIN[:64]:
+        text = tiny_model.tokenizer.render(
+            sample.messages, tools=tools, add_generation_prompt=False
+        )
+        assert text.startswith("[gMASK]<sop><|system|>")
+        if "tool" in sample.expected:
+            assert "<|observation|>" in text
+
+
+def test_the_grammar_accepts_every_call_the_data_teaches(tiny_model: Model) -> None:
+    observation = tiny_model.tokenizer.token_id("<|observation|>")
+    assert observation is not None
+    vocab = Vocabulary.of(tiny_model.tokenizer.backend, tiny_model.config.vocab_size, observation)
+    tools = dataset.tool_schemas()
+    for split in dataset.SPLITS:
+        for sample in dataset.generate(split, 80, seed=0):
+            if "tool" not in sample.expected:
+                continue
+            heard = [m["content"] for m in sample.messages if m["role"] == "user"][-1]
+            call = (
+                sample.expected["tool"]
+                + "\n"
+                + json.dumps(sample.expected["arguments"], ensure_ascii=False)
+            )
+            constraint = ToolCallConstraint(ToolGrammar.of(tools, heard), vocab)
+            for token in tiny_model.tokenizer.encode(call):
+                mask = constraint.mask()
+                assert mask is None or mask[token], (split, call)
+                constraint.advance(token)
+            mask = constraint.mask()
+            assert mask is not None and mask[observation] and int(mask.sum()) == 1, call
