@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--seed", type=int, default=0)
     dataset.add_argument("--train", type=int, default=20_000, help="training samples")
     dataset.add_argument("--eval", type=int, default=400, help="samples per held-out split")
+    trainer = model_commands.add_parser(
+        "train", help="train a small GLM on the assistant dataset (needs the export extra)"
+    )
+    trainer.add_argument("--out", required=True, type=Path)
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--minutes", type=float, default=30.0)
+    trainer.add_argument("--samples", type=int, default=40_000)
     verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
     verify.add_argument("directory", type=Path)
 
@@ -388,6 +395,16 @@ def _model(args: argparse.Namespace) -> int:
         from edge_runtime.model.verify import verify_directory
 
         return verify_directory(args.directory, sys.stdout)
+    if args.model_command == "train":
+        from edge_runtime.model.train import TrainSettings, train
+
+        train(
+            args.out,
+            TrainSettings(seed=args.seed, minutes=args.minutes, samples=args.samples),
+            sys.stdout,
+        )
+        print(f"checkpoint in {args.out}; next: edge-runtime model export --model {args.out}")
+        return 0
     if args.model_command == "dataset":
         from edge_runtime.model import dataset
 

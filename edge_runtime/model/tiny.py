@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.model.export import ExportOptions, export_model
 from edge_runtime.model.manifest import Manifest
@@ -43,8 +45,16 @@ def chat_template() -> str:
     return resources.files("edge_runtime.model").joinpath("chat_template.jinja").read_text("utf-8")
 
 
-def train_tokenizer(directory: Path, vocab_size: int, max_length: int = 2048) -> int:
-    """Train a byte-level BPE with GLM-4's special tokens; write tokenizer.json and its config."""
+def train_tokenizer(
+    directory: Path,
+    vocab_size: int,
+    max_length: int = 2048,
+    texts: Iterable[str] | None = None,
+) -> int:
+    """Train a byte-level BPE with GLM-4's special tokens; write tokenizer.json and its config.
+
+    ``texts`` defaults to the packaged corpus.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -56,7 +66,7 @@ def train_tokenizer(directory: Path, vocab_size: int, max_length: int = 2048) ->
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus_lines() if texts is None else texts, trainer=trainer)
     # Like GLM-4's tokenizer.json: encoding with special tokens prepends [gMASK]<sop>.
     gmask, sop = tokenizer.token_to_id("[gMASK]"), tokenizer.token_to_id("<sop>")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -107,7 +117,19 @@ def make_checkpoint(
     config_class, model_class = (
         (Glm4Config, Glm4ForCausalLM) if model_type == "glm4" else (GlmConfig, GlmForCausalLM)
     )
-    config = config_class(
+    config = glm_config(config_class, vocab, shape, eos)
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.save_pretrained(directory)
+    GenerationConfig(
+        do_sample=True, temperature=0.8, top_p=0.8, eos_token_id=eos, pad_token_id=eos[0]
+    ).save_pretrained(directory)
+    return directory
+
+
+def glm_config(config_class: Any, vocab: int, shape: TinyShape, eos: list[int]) -> Any:
+    """A GLM config of ``shape`` for a tokenizer of ``vocab`` tokens ending turns on ``eos``."""
+    return config_class(
         # Padded to a multiple of 64 as GLM-4 pads its 151,329-token vocabulary.
         vocab_size=(vocab + 63) // 64 * 64,
         hidden_size=shape.hidden_size,
@@ -123,13 +145,6 @@ def make_checkpoint(
         bos_token_id=None,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = model_class(config)
-    model.save_pretrained(directory)
-    GenerationConfig(
-        do_sample=True, temperature=0.8, top_p=0.8, eos_token_id=eos, pad_token_id=eos[0]
-    ).save_pretrained(directory)
-    return directory
 
 
 def build_tiny(

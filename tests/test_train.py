@@ -1,0 +1,69 @@
+"""Training a small GLM on the assistant dataset: what the loss sees, and that it learns."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.model import dataset
+from edge_runtime.model.runtime import Model
+from edge_runtime.model.tiny import TinyShape
+from edge_runtime.model.train import TrainSettings, encode, train
+
+SHAPE = TinyShape(
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    head_dim=16,
+    max_positions=1024,
+)
+
+
+def test_the_loss_covers_what_the_assistant_writes(tiny_model: Model) -> None:
+    tools = dataset.tool_schemas()
+    sample = next(s for s in dataset.generate("train", 40) if s.category == "clarify")
+    encoded = encode(tiny_model.tokenizer, sample, tools)
+    learned = [t for t, on in zip(encoded.ids, encoded.learn, strict=True) if on]
+    text = tiny_model.tokenizer.decode(learned, skip_special_tokens=False)
+    # The question, the call and the answer, each ended by the token that ends the turn.
+    question, call, answer = (m for m in sample.messages if m["role"] == "assistant")
+    assert question["content"] in text and answer["content"] in text
+    assert json.dumps(call["tool_calls"][0]["arguments"], ensure_ascii=False) in text
+    assert text.count("<|observation|>") == 1 and text.count("<|user|>") == 2
+    # Neither the request nor the observation is learned.
+    assert sample.messages[0]["content"] not in text
+    observation = next(m for m in sample.messages if m["role"] == "tool")
+    assert observation["content"] not in text
+
+
+@pytest.mark.export
+def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
+    from transformers import GlmForCausalLM
+
+    from edge_runtime.model.tokenizer import ChatTokenizer
+
+    log = io.StringIO()
+    settings = TrainSettings(
+        shape=SHAPE,
+        samples=120,
+        max_steps=16,
+        batch_tokens=8192,
+        learning_rate=3e-3,
+        warmup_steps=4,
+        log_every_s=0,
+    )
+    out = train(tmp_path / "ckpt", settings, log)
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 16
+    assert summary["final_loss"] < summary["first_loss"] - 0.3, log.getvalue()
+    assert "step 16/16" in log.getvalue()
+    model = GlmForCausalLM.from_pretrained(out)
+    tokenizer = ChatTokenizer.from_directory(out)
+    assert tokenizer.token_id("<|observation|>") is not None
+    assert model.config.vocab_size >= tokenizer.vocab_size
