@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--minutes", type=float, default=30.0)
     trainer.add_argument("--samples", type=int, default=40_000)
+    evaluate = model_commands.add_parser(
+        "eval", help="held-out assistant tasks: tool calls, slots, answers; grounded and not"
+    )
+    evaluate.add_argument("directory", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--samples", type=int, default=100, help="samples per held-out split")
+    evaluate.add_argument("--seed", type=int, default=0)
     verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
     verify.add_argument("directory", type=Path)
 
@@ -395,6 +402,18 @@ def _model(args: argparse.Namespace) -> int:
         from edge_runtime.model.verify import verify_directory
 
         return verify_directory(args.directory, sys.stdout)
+    if args.model_command == "eval":
+        from edge_runtime.bench import assistant
+
+        found = assistant.run(
+            assistant.EvalArgs(
+                model=args.directory, samples=args.samples, seed=args.seed, json=args.json
+            ),
+            sys.stdout,
+        )
+        if args.json:
+            print(assistant.dump(found))
+        return 0
     if args.model_command == "train":
         from edge_runtime.model.train import TrainSettings, train
 

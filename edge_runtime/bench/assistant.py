@@ -1,0 +1,142 @@
+"""`model eval`: how well a model does the assistant's job on held-out data, grounded or not.
+
+For each held-out split (templates, slot values, paraphrases) and language: tool-call exact match
+(name and arguments, schema defaults filled in), slot accuracy, answers that carry the
+observation's values, and correct clarifications and refusals; each with grounded decoding on
+and off, on the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge_runtime.bench.report import markdown_table
+from edge_runtime.model import dataset
+from edge_runtime.orchestrator.toolcall import ParsedCall, PlainText, parse_output
+
+# Writes the assistant's next turn for a conversation: (messages, tools, grounding) -> text.
+Respond = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], str | None], str]
+EVAL_SPLITS: tuple[dataset.Split, ...] = ("heldout_template", "heldout_value", "paraphrase")
+FIGURES = ("exact_match", "slot_accuracy", "values_in_answer", "clarify", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class EvalArgs:
+    """What `model eval` measures."""
+
+    model: Path
+    samples: int = 100
+    seed: int = 0
+    json: bool = False
+    max_new_tokens: int = 96
+
+
+def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -> dict[str, Any]:
+    """The figures for ``samples``, by language; each a fraction, None when none applied."""
+    tools = dataset.tool_schemas()
+    names = {t["name"] for t in tools}
+    defaults = {t["name"]: _defaults(t) for t in tools}
+    tally: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for sample in samples:
+        got = tally[sample.language]
+        first_turn = next(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
+        prompt = sample.messages[:first_turn]
+        heard = str(prompt[-1]["content"])
+        turn = parse_output(respond(prompt, tools, heard if grounded else None), names)
+        expected = sample.expected
+        if expected.get("refuse"):
+            got["refuse"].append(float(isinstance(turn, PlainText)))
+            continue
+        if expected.get("clarify"):
+            asked = isinstance(turn, PlainText) and any(q in turn.text for q in "?？")
+            got["clarify"].append(float(asked))
+            # The clarified call is judged from the user's answer on.
+            reply = max(i for i, m in enumerate(sample.messages) if m["role"] == "user")
+            prompt = sample.messages[: reply + 1]
+            heard = str(prompt[-1]["content"])
+            turn = parse_output(respond(prompt, tools, heard if grounded else None), names)
+        want = {**defaults[expected["tool"]], **expected["arguments"]}
+        if isinstance(turn, ParsedCall) and turn.name == expected["tool"]:
+            have = {**defaults[turn.name], **turn.arguments}
+            got["exact_match"].append(float(have == want))
+            got["slot_accuracy"].append(
+                sum(have.get(k) == v for k, v in want.items()) / max(1, len(want))
+            )
+        else:
+            got["exact_match"].append(0.0)
+            got["slot_accuracy"].append(0.0)
+        if expected.get("values"):
+            observed = next(i for i, m in enumerate(sample.messages) if m["role"] == "tool")
+            answer = respond(sample.messages[: observed + 1], tools, None)
+            got["values_in_answer"].append(float(all(v in answer for v in expected["values"])))
+    return {
+        language: {
+            figure: (round(sum(v) / len(v), 4) if (v := values.get(figure)) else None)
+            for figure in FIGURES
+        }
+        | {"samples": sum(1 for s in samples if s.language == language)}
+        for language, values in sorted(tally.items())
+    }
+
+
+def _defaults(tool: Mapping[str, Any]) -> dict[str, Any]:
+    props = tool["parameters"]["properties"]
+    return {k: spec["default"] for k, spec in props.items() if "default" in spec}
+
+
+def model_responder(directory: Path, max_new_tokens: int) -> Respond:
+    """Greedy turns of the model in ``directory``, through the runtime's own generation."""
+    from edge_runtime.device import probe
+    from edge_runtime.model.runtime import load_model
+
+    model = load_model(directory, threads=probe().effective_threads)
+
+    def respond(
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        grounding: str | None,
+    ) -> str:
+        params = model.default_params(max_new_tokens=max_new_tokens, do_sample=False)
+        generation = model.chat(list(messages), params, tools=tools, grounding=grounding)
+        return generation.run().text
+
+    return respond
+
+
+def run(args: EvalArgs, out: TextIO) -> dict[str, Any]:
+    """Score the model on every held-out split, grounded and not; print unless ``args.json``."""
+    respond = model_responder(args.model, args.max_new_tokens)
+    result: dict[str, Any] = {"model": str(args.model), "samples_per_split": args.samples}
+    for split in EVAL_SPLITS:
+        samples = dataset.generate(split, args.samples, seed=args.seed)
+        result[split] = {
+            "grounded": score(samples, respond, grounded=True),
+            "free": score(samples, respond, grounded=False),
+        }
+    if not args.json:
+        out.write(render(result) + "\n")
+    return result
+
+
+def render(result: Mapping[str, Any]) -> str:
+    """The figures as one Markdown table: a row per split, language and decoding."""
+    body = []
+    for split in EVAL_SPLITS:
+        for decoding in ("grounded", "free"):
+            for language, figures in result[split][decoding].items():
+                body.append(
+                    [split, language, decoding]
+                    + ["-" if figures[f] is None else f"{figures[f]:.0%}" for f in FIGURES]
+                )
+    headers = ["split", "lang", "decoding", "exact", "slots", "values", "clarify", "refuse"]
+    return "\n".join(markdown_table(headers, body, left=3))
+
+
+def dump(result: Mapping[str, Any]) -> str:
+    """The result as JSON."""
+    return json.dumps(result, indent=2, ensure_ascii=False)
