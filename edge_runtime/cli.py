@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--minutes", type=float, default=30.0)
     trainer.add_argument("--samples", type=int, default=40_000)
+    trainer.add_argument("--batch-tokens", type=int, default=4096)
+    trainer.add_argument("--learning-rate", type=float, default=2e-3)
     evaluate = model_commands.add_parser(
         "eval", help="held-out assistant tasks: tool calls, slots, answers; grounded and not"
     )
@@ -419,7 +421,13 @@ def _model(args: argparse.Namespace) -> int:
 
         train(
             args.out,
-            TrainSettings(seed=args.seed, minutes=args.minutes, samples=args.samples),
+            TrainSettings(
+                seed=args.seed,
+                minutes=args.minutes,
+                samples=args.samples,
+                batch_tokens=args.batch_tokens,
+                learning_rate=args.learning_rate,
+            ),
             sys.stdout,
         )
         print(f"checkpoint in {args.out}; next: edge-runtime model export --model {args.out}")

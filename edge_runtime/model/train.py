@@ -125,7 +125,9 @@ def train(out: Path, settings: TrainSettings, log: TextIO) -> Path:
             if step >= planned or time.monotonic() >= deadline:
                 break
             ids, labels, mask = _tensors(batch, eos[0])
-            lr = _learning_rate(settings, step, planned)
+            # The schedule follows whichever ends training first: the steps or the clock.
+            elapsed = (time.monotonic() - started) / max(1e-9, settings.minutes * 60)
+            lr = _learning_rate(settings, step, max(step / planned, elapsed))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             cache = _prefix_cache(model, prefix, len(batch))
@@ -241,8 +243,9 @@ def _planned_steps(settings: TrainSettings) -> int:
     return max(100, int(settings.minutes * 60 * 2))
 
 
-def _learning_rate(settings: TrainSettings, step: int, planned: int) -> float:
+def _learning_rate(settings: TrainSettings, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to a tenth over the run's progress (0..1)."""
     if step < settings.warmup_steps:
         return settings.learning_rate * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, planned - settings.warmup_steps)
-    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return settings.learning_rate * (0.1 + 0.9 * cosine)
