@@ -533,16 +533,15 @@ def _print_run(result: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    """Run one benchmark; with --json its figures go to stdout as one object."""
+    found: dict[str, Any]
     if args.bench_command == "transport":
         from edge_runtime.bench import transport
 
         found = transport.run(
             transport.TransportBenchArgs(json=args.json, requests=args.requests), sys.stdout
         )
-        if args.json:
-            print(json.dumps(found, indent=2))
-        return 0
-    if args.bench_command == "startup":
+    elif args.bench_command == "startup":
         from edge_runtime.bench import startup
 
         found = startup.run(
@@ -554,10 +553,7 @@ def _bench(args: argparse.Namespace) -> int:
             ),
             sys.stdout,
         )
-        if args.json:
-            print(json.dumps(found, indent=2))
-        return 0
-    if args.bench_command == "orchestrator":
+    elif args.bench_command == "orchestrator":
         from edge_runtime.bench import orchestrator as orch_bench
 
         found = orch_bench.run(
@@ -570,10 +566,7 @@ def _bench(args: argparse.Namespace) -> int:
             ),
             sys.stdout,
         )
-        if args.json:
-            print(json.dumps(found, indent=2))
-        return 0
-    if args.bench_command == "filters":
+    elif args.bench_command == "filters":
         from edge_runtime.bench import filters as filter_bench
 
         found = filter_bench.run(
@@ -582,22 +575,20 @@ def _bench(args: argparse.Namespace) -> int:
             ),
             sys.stdout,
         )
-        if args.json:
-            print(json.dumps(found, indent=2))
-        return 0
-    from edge_runtime.bench.model import ModelBenchArgs, run
+    else:
+        from edge_runtime.bench.model import ModelBenchArgs, run
 
-    result = run(
-        ModelBenchArgs(
-            json=args.json,
-            cache_dir=args.cache_dir,
-            prompt_tokens=args.prompt_tokens,
-            new_tokens=args.new_tokens,
-            repeats=args.repeats,
-            threads=args.threads,
-        ),
-        sys.stderr if args.json else sys.stdout,
-    )
+        found = run(
+            ModelBenchArgs(
+                json=args.json,
+                cache_dir=args.cache_dir,
+                prompt_tokens=args.prompt_tokens,
+                new_tokens=args.new_tokens,
+                repeats=args.repeats,
+                threads=args.threads,
+            ),
+            sys.stderr if args.json else sys.stdout,
+        )
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(found, indent=2))
     return 0
