@@ -153,18 +153,7 @@ class _Daemon:
             self._refresh_names()
             stack.push_async_callback(self._close_orchestrator)
             self._spawn(_poll_filters(pipeline), "filter-poll")
-            mqtt: MqttTransport | None = None
-            if settings.mqtt.enabled:
-                mqtt = MqttTransport(
-                    settings.mqtt,
-                    pipeline.handle,
-                    answer_payload,
-                    state=self.state,
-                    on_device=self._device_birth,
-                )
-                await stack.enter_async_context(mqtt)
-                self._forward_logs(mqtt)
-            self.mqtt = mqtt
+            # CoAP binds first: the retained `online` status then means every transport answers.
             if settings.coap.enabled:
                 await stack.enter_async_context(
                     CoapTransport(
@@ -177,6 +166,18 @@ class _Daemon:
                         register=self._device_registered,
                     )
                 )
+            mqtt: MqttTransport | None = None
+            if settings.mqtt.enabled:
+                mqtt = MqttTransport(
+                    settings.mqtt,
+                    pipeline.handle,
+                    answer_payload,
+                    state=self.state,
+                    on_device=self._device_birth,
+                )
+                await stack.enter_async_context(mqtt)
+                self._forward_logs(mqtt)
+            self.mqtt = mqtt
             self._observe(filters, mqtt)
             summary = (
                 f"serving: model {settings.model.path.name}, {len(settings.filters)} filter(s), "
