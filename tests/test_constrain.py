@@ -67,6 +67,8 @@ def accepts(tiny_model: Model, vocab: Vocabulary, text: str) -> bool:
         'weather\n{"city": "Paris"}',
         'set_heating\n{"room": "kitchen", "celsius": -2.5, "on": true}',
         'set_heating\n{"room": "卧室", "celsius": 21, "on": false}',
+        'weather\n{"city": "and Paris"}',
+        'weather\n{"city": "京"}',
     ],
 )
 def test_calls_that_fit_the_schema(tiny_model: Model, vocab: Vocabulary, text: str) -> None:
@@ -80,6 +82,10 @@ def test_calls_that_fit_the_schema(tiny_model: Model, vocab: Vocabulary, text: s
         ('weather\n{"city": "上海"}', "not in the message"),
         ('weather\n{"city": "明北"}', "not contiguous text of the message"),
         ('weather\n{"city": ""}', "empty"),
+        ('weather\n{"city": "Par"}', "cut inside a word"),
+        ('weather\n{"city": "aris"}', "starts inside a word"),
+        ('weather\n{"city": " Paris"}', "starts with a space"),
+        ('weather\n{"city": "and "}', "ends with a space"),
         ('weather\n{"date": "tomorrow"}', "a required key left out"),
         ('weather\n{"city": "北京", "date": "yesterday"}', "not in the enum"),
         ('weather\n{"city": "北京", "units": "C"}', "an unknown key"),

@@ -12,6 +12,7 @@ bytes, so it works for any byte-level BPE vocabulary; the mask of each state is 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,9 @@ class ToolGrammar:
     names: tuple[bytes, ...]
     properties: tuple[tuple[_Property, ...], ...]
     grounding: bytes
+    # Byte offsets of the grounding where a grounded string may start, and where it may end.
+    starts: frozenset[int] = frozenset()
+    stops: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, tools: Sequence[Mapping[str, Any]], grounding: str) -> ToolGrammar:
@@ -124,8 +128,37 @@ class ToolGrammar:
                 found.append(_property(key, spec, key not in required))
             props.append(tuple(found))
         # Quotes and backslashes cannot appear in an unescaped JSON string.
-        clean = grounding.replace('"', " ").replace("\\", " ").encode()
-        return cls(tuple(names), tuple(props), clean)
+        # Nor can control characters (a newline between two turns of the conversation).
+        clean = re.sub(r'["\\\x00-\x1f]', " ", grounding)
+        starts, stops = _word_bounds(clean)
+        return cls(tuple(names), tuple(props), clean.encode(), starts, stops)
+
+
+def _word_bounds(text: str) -> tuple[frozenset[int], frozenset[int]]:
+    """Where copied text may start and stop: at word edges, never at a space.
+
+    Between two letters or digits of a spaced script is inside a word ("San" is not a city of
+    "Sanya"); every character of a script written without spaces (Han, kana) is its own edge.
+    Offsets are in UTF-8 bytes, as the grammar reads them.
+    """
+    starts: set[int] = set()
+    stops: set[int] = set()
+    offset = 0
+    for index, char in enumerate(text):
+        before = text[index - 1] if index else ""
+        if not char.isspace() and not (_joins(before) and _joins(char)):
+            starts.add(offset)
+        if before and not before.isspace() and not (_joins(before) and _joins(char)):
+            stops.add(offset)
+        offset += len(char.encode())
+    if text and not text[-1].isspace():
+        stops.add(offset)
+    return frozenset(starts), frozenset(stops)
+
+
+def _joins(char: str) -> bool:
+    """A letter or digit of a script that separates words with spaces."""
+    return char.isalnum() and not ("\u2e80" <= char <= "\u9fff")
 
 
 def _property(key: str, spec: Mapping[str, Any], optional: bool) -> _Property:
@@ -205,7 +238,7 @@ class ToolCallConstraint:
             text = self.grammar.grounding
             found: set[int] = set(vocab.quoted.tolist())
             for _, _, ends in self.state:
-                starts = range(len(text)) if ends is None else ends
+                starts = self.grammar.starts if ends is None else ends
                 for start in starts:
                     for stop in range(start + 1, min(len(text), start + vocab.longest) + 1):
                         ident = vocab.ids.get(text[start:stop])
@@ -293,17 +326,14 @@ class ToolCallConstraint:
         if kind == "gstr":
             _, nxt, ends = config
             if byte == 0x22:
-                # The closing quote: only after some grounded text that ends where a
-                # character of the message ends (never in the middle of a UTF-8 sequence).
-                text = self.grammar.grounding
-                whole = ends and any(e == len(text) or not _continuation(text[e]) for e in ends)
+                # The closing quote: only after some grounded text that ends at a word's end
+                # (so never in the middle of a UTF-8 sequence either).
+                whole = ends and not ends.isdisjoint(self.grammar.stops)
                 return self._start(nxt) if whole else set()
             text = self.grammar.grounding
             if ends is None:
-                # A grounded string starts where a character of the message starts.
-                found = frozenset(
-                    i + 1 for i, b in enumerate(text) if b == byte and not _continuation(b)
-                )
+                # A grounded string starts where a word of the message starts.
+                found = frozenset(i + 1 for i in self.grammar.starts if text[i] == byte)
             else:
                 found = frozenset(e + 1 for e in ends if e < len(text) and text[e] == byte)
             return {("gstr", nxt, found)} if found else set()
