@@ -50,15 +50,26 @@ def train_tokenizer(
     vocab_size: int,
     max_length: int = 2048,
     texts: Iterable[str] | None = None,
+    *,
+    copyable: bool = False,
 ) -> int:
     """Train a byte-level BPE with GLM-4's special tokens; write tokenizer.json and its config.
 
-    ``texts`` defaults to the packaged corpus.
+    ``texts`` defaults to the packaged corpus. With ``copyable``, whitespace, digits and Han
+    characters are pieces of their own, so a name or a number tokenizes the same wherever it
+    occurs ("Sanya" after a space in the request and after a quote in a tool call; "23" in an
+    observation's JSON and in "23～30°C"): a small model then copies it token for token instead of
+    learning a mapping between spellings, and a name it never saw still comes out whole.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if copyable:
+        isolate = pre_tokenizers.Split(Regex(r"\s+|\p{Han}|\p{N}"), behavior="isolated")
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([isolate, byte_level])
+    else:
+        tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,14 +26,14 @@ from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer
 class TrainSettings:
     """What to train and for how long."""
 
-    shape: TinyShape = field(default_factory=lambda: TinyShape(vocab_size=3072))
+    shape: TinyShape = field(default_factory=lambda: TinyShape(vocab_size=4096))
     samples: int = 40_000
     seed: int = 0
     minutes: float = 30.0
     max_steps: int = 0  # 0: until the time is up
     batch_tokens: int = 4096
-    # A conversation is ~770 tokens, ~700 of them the system block listing the tools.
-    max_length: int = 1024
+    # A conversation is ~1,050 tokens, ~950 of them the system block listing the tools.
+    max_length: int = 1280
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     log_every_s: float = 15.0
@@ -55,7 +55,11 @@ def encode(tokenizer: ChatTokenizer, sample: dataset.Sample, tools: Sequence[Any
     stops; a final ``<|user|>`` is appended so the last answer ends the same way.
     """
     text = tokenizer.render(sample.messages, tools=tools, add_generation_prompt=False)
-    ids = [*tokenizer.encode(text), _id(tokenizer, "<|user|>")]
+    return _learned(tokenizer, tokenizer.encode(text))
+
+
+def _learned(tokenizer: ChatTokenizer, ids: list[int]) -> Encoded:
+    ids = [*ids, _id(tokenizer, "<|user|>")]
     assistant = _id(tokenizer, "<|assistant|>")
     ends = {_id(tokenizer, t) for t in GLM_TURN_END_TOKENS}
     learn: list[bool] = []
@@ -87,18 +91,23 @@ def train(out: Path, settings: TrainSettings, log: TextIO) -> Path:
     tools = dataset.tool_schemas()
     samples = dataset.generate("train", settings.samples, seed=settings.seed)
     log.write(f"data: {len(samples)} conversations\n")
-    texts = _rendered(samples, tools)
-    vocab = train_tokenizer(out, settings.shape.vocab_size, settings.shape.max_positions, texts)
+    # Every conversation starts with the same system block (the tool list, ~1,000 tokens). The
+    # tokenizer learns it from a share of copies rather than one per conversation, and it is
+    # encoded once: the rest of each conversation starts at a special token, so encoding the two
+    # parts apart gives the same ids as encoding the whole.
+    head = _rendered([[]], tools)[0]
+    rests = [text.removeprefix(head) for text in _rendered([s.messages for s in samples], tools)]
+    corpus = [*rests, *[head] * max(1, len(rests) // 8)]
+    vocab = train_tokenizer(
+        out, settings.shape.vocab_size, settings.shape.max_positions, corpus, copyable=True
+    )
     tokenizer = ChatTokenizer.from_directory(out)
-    encoded = [encode(tokenizer, s, tools) for s in samples]
-    encoded = [e for e in encoded if len(e.ids) <= settings.max_length]
-    # Every conversation starts with the same system block (the tool list, ~700 tokens): it is
-    # run once per step without gradients and its cache shared by the batch, so the steps pay
-    # for the ~70 tokens that differ, not for the ~770 of each conversation.
-    prefix = tokenizer.encode(tokenizer.render([], tools=tools, add_generation_prompt=False))
-    if not all(e.ids[: len(prefix)] == prefix for e in encoded):
-        prefix = []
-    encoded = [Encoded(e.ids[len(prefix) :], e.learn[len(prefix) :]) for e in encoded]
+    prefix = tokenizer.encode(head)
+    room = settings.max_length - len(prefix)
+    batch = tokenizer.backend.encode_batch(rests, add_special_tokens=False)
+    # In training, the system block runs once per step without gradients and its cache is shared
+    # by the batch, so the steps pay for the ~100 tokens that differ, not for the whole.
+    encoded = [_learned(tokenizer, list(e.ids)) for e in batch if len(e.ids) < room]
     tokens = sum(len(e.ids) for e in encoded)
     learned = sum(sum(e.learn) for e in encoded)
     if not encoded:
@@ -193,7 +202,9 @@ def _prefix_cache(model: Any, prefix: list[int], batch: int) -> Any:
     return DynamicCache.from_legacy_cache(expanded)  # type: ignore[arg-type]
 
 
-def _rendered(samples: Sequence[dataset.Sample], tools: Sequence[Any]) -> list[str]:
+def _rendered(
+    conversations: Sequence[Sequence[Mapping[str, Any]]], tools: Sequence[Any]
+) -> list[str]:
     """Conversations as text (GLM-4 format) for the tokenizer to learn from.
 
     Rendered by the runtime's own chat-template code (no vocabulary is needed to render).
@@ -203,7 +214,7 @@ def _rendered(samples: Sequence[dataset.Sample], tools: Sequence[Any]) -> list[s
     from edge_runtime.model.tiny import chat_template
 
     renderer = ChatTokenizer(Tokenizer(models.BPE()), chat_template(), {})
-    return [renderer.render(s.messages, tools=tools, add_generation_prompt=False) for s in samples]
+    return [renderer.render(c, tools=tools, add_generation_prompt=False) for c in conversations]
 
 
 def _batches(encoded: list[Encoded], batch_tokens: int) -> list[list[Encoded]]:
