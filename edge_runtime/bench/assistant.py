@@ -46,8 +46,7 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
         got = tally[sample.language]
         first_turn = next(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
         prompt = sample.messages[:first_turn]
-        heard = str(prompt[-1]["content"])
-        turn = parse_output(respond(prompt, tools, heard if grounded else None), names)
+        turn = parse_output(respond(prompt, tools, _heard(prompt) if grounded else None), names)
         expected = sample.expected
         if expected.get("refuse"):
             got["refuse"].append(float(isinstance(turn, PlainText)))
@@ -58,8 +57,7 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
             # The clarified call is judged from the user's answer on.
             reply = max(i for i, m in enumerate(sample.messages) if m["role"] == "user")
             prompt = sample.messages[: reply + 1]
-            heard = str(prompt[-1]["content"])
-            turn = parse_output(respond(prompt, tools, heard if grounded else None), names)
+            turn = parse_output(respond(prompt, tools, _heard(prompt) if grounded else None), names)
         want = {**defaults[expected["tool"]], **expected["arguments"]}
         if isinstance(turn, ParsedCall) and turn.name == expected["tool"]:
             have = {**defaults[turn.name], **turn.arguments}
@@ -82,6 +80,11 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
         | {"samples": sum(1 for s in samples if s.language == language)}
         for language, values in sorted(tally.items())
     }
+
+
+def _heard(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What grounded arguments may copy: every user turn, as the orchestrator grounds them."""
+    return "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
 
 
 def _defaults(tool: Mapping[str, Any]) -> dict[str, Any]:
