@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--repeats", type=int, default=3)
     bench_model.add_argument("--threads", type=int, default=0)
     bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
+    bench_model.add_argument(
+        "--model",
+        type=Path,
+        help="a model directory: our loop beside optimum on its INT8 file (default: a built GLM)",
+    )
     bench_transport = bench_commands.add_parser("transport", help="MQTT echo, ours vs bare paho")
     bench_transport.add_argument("--json", action="store_true", help="print one JSON object")
     bench_transport.add_argument("--requests", type=int, default=600)
@@ -576,19 +581,22 @@ def _bench(args: argparse.Namespace) -> int:
             sys.stdout,
         )
     else:
+        from edge_runtime.bench import model_dir
         from edge_runtime.bench.model import ModelBenchArgs, run
 
-        found = run(
-            ModelBenchArgs(
-                json=args.json,
-                cache_dir=args.cache_dir,
-                prompt_tokens=args.prompt_tokens,
-                new_tokens=args.new_tokens,
-                repeats=args.repeats,
-                threads=args.threads,
-            ),
-            sys.stderr if args.json else sys.stdout,
+        bench_args = ModelBenchArgs(
+            json=args.json,
+            cache_dir=args.cache_dir,
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            threads=args.threads,
         )
+        out = sys.stderr if args.json else sys.stdout
+        if args.model is not None:
+            found = model_dir.run(bench_args, args.model, out)
+        else:
+            found = run(bench_args, out)
     if args.json:
         print(json.dumps(found, indent=2))
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from edge_runtime.bench import model_dir
 from edge_runtime.bench.model import ROWS, ModelBenchArgs, model_shape, render, run
 
 NEW_TOKENS = 8
@@ -95,3 +96,20 @@ def test_result_is_json_and_renders_a_table(result: dict[str, Any]) -> None:
     table = render(result)
     for row in ROWS:
         assert f"| {row.name} " in table
+
+
+def test_a_model_directory_is_measured_beside_optimum() -> None:
+    out = io.StringIO()
+    root = Path(__file__).resolve().parent.parent
+    args = ModelBenchArgs(json=False, prompt_tokens=8, new_tokens=4, repeats=1)
+    found = model_dir.run(args, root / "models" / "glm-tiny", out)
+    rows = found["rows"]
+    assert set(rows) == {"ours-int8", "optimum-int8"}
+    assert rows["optimum-int8"]["vs_optimum_int8"] == 1.0
+    ours = rows["ours-int8"]
+    assert ours["decode_tok_s"] > 0 and ours["peak_rss_bytes"] > 0
+    assert ours["vs_optimum_int8"] == round(
+        ours["decode_tok_s"] / rows["optimum-int8"]["decode_tok_s"], 3
+    )
+    assert "| ours-int8" in out.getvalue()
+    json.dumps(found)
