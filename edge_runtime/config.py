@@ -184,7 +184,7 @@ class RouteSettings(_Section):
     coalesce_ms: float = Field(80.0, ge=0)
 
 
-ToolKind = Literal["mqtt_state", "sqlite", "http", "python"]
+ToolKind = Literal["mqtt_state", "mqtt_publish", "note", "sqlite", "http", "python"]
 ToolArgument = str | int | float | bool
 
 
@@ -202,6 +202,9 @@ class ToolParameter(_Section):
     # A string the user must have said (a city, a room): when the model calls the tool, the
     # value is held to text of the user's message (grounded decoding).
     grounded: bool = False
+    # Names in the user's words become ids before the call: "areas" through
+    # orchestrator.areas, "devices" through the configured and registered device names.
+    resolve: Literal["areas", "devices"] | None = None
 
 
 class ToolSettings(_Section):
@@ -211,8 +214,16 @@ class ToolSettings(_Section):
     kind: ToolKind
     description: str = ""
     parameters: dict[str, ToolParameter] = {}
-    # Rule-matched intents this tool answers; their slots become its arguments.
+    # Rule-matched intents this tool answers; their slots become its arguments, together with
+    # any fixed here per intent (HassClimateGetTemperature = { sensor = "temperature" }).
     intents: tuple[str, ...] = ()
+    intent_arguments: dict[str, dict[str, ToolArgument]] = {}
+    # Listed in the model's system block; false keeps a tool to the rules (a small model knows
+    # only the tools it was trained with).
+    offer_to_model: bool = True
+    # What the model sees of a result, after the call's arguments: observation key -> result
+    # field. Empty: the whole result.
+    observe: dict[str, str] = {}
     timeout_s: float = Field(5.0, gt=0, le=600)
     max_output_bytes: int = Field(16 * 1024, ge=64)
     # How long an answer that used this tool's output may be cached; 0 means never.
@@ -220,9 +231,13 @@ class ToolSettings(_Section):
     # How a result reads in an answer, per language ("en", "zh"): a str.format template over
     # the arguments and the result's fields. Without one the result is shown as JSON.
     answer: dict[str, str] = {}
-    # mqtt_state: the topic of the reading, a template over the arguments.
+    # mqtt_state: the topic of the reading; mqtt_publish: the topic written to (templates over
+    # the arguments).
     topic: str | None = None
     max_age_s: float = Field(0.0, ge=0)
+    # mqtt_publish: the message, a template over the arguments; published with QoS 1.
+    payload: str | None = None
+    retain: bool = False
     # sqlite: a read-only database and one named, parameterized query.
     database: Path | None = None
     query: str | None = None
@@ -238,6 +253,8 @@ class ToolSettings(_Section):
     def _kind_fields(self) -> ToolSettings:
         needed = {
             "mqtt_state": ("topic",),
+            "mqtt_publish": ("topic", "payload"),
+            "note": (),
             "sqlite": ("database", "query"),
             "http": ("url",),
             "python": ("entry_point",),
@@ -245,6 +262,11 @@ class ToolSettings(_Section):
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
             raise ValueError(f"a {self.kind} tool needs {', '.join(missing)}")
+        if self.kind == "note" and [p.type for p in self.parameters.values()] != ["string"]:
+            raise ValueError("a note tool has one string parameter: the note")
+        unknown = set(self.intent_arguments) - set(self.intents)
+        if unknown:
+            raise ValueError(f"intent_arguments for intents not listed: {sorted(unknown)}")
         return self
 
 

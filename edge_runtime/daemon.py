@@ -19,7 +19,7 @@ from edge_runtime.devices import (
     DeviceRegistry,
     parse_json_description,
 )
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, ToolError
 from edge_runtime.filters.service import FilterService
 from edge_runtime.health import Health
 from edge_runtime.logs import LEVELS, Forwarder
@@ -92,6 +92,7 @@ class _Daemon:
         self.reloading: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[Any]] = set()
         self.names_refresh: asyncio.TimerHandle | None = None
+        self.mqtt: MqttTransport | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -137,7 +138,9 @@ class _Daemon:
             self.filters = filters
             self.state = StateStore(settings.mqtt.max_state_entries)
             self.generator = ModelGenerator(model)
-            orchestrator = Orchestrator.build(settings, generator=self.generator, state=self.state)
+            orchestrator = Orchestrator.build(
+                settings, generator=self.generator, state=self.state, publish=self._command
+            )
             devices = DeviceRegistry(settings.state_dir / "devices.db")
             stack.callback(devices.close)
             self.devices = devices
@@ -231,7 +234,11 @@ class _Daemon:
             new = read.model_copy(update=kept)
             # Templates, tools and databases take a while: off the event loop.
             orchestrator = await asyncio.to_thread(
-                Orchestrator.build, new, generator=self.generator, state=self.state
+                Orchestrator.build,
+                new,
+                generator=self.generator,
+                state=self.state,
+                publish=self._command,
             )
         except (EdgeRuntimeError, OSError) as exc:
             self._reload_failed(f"configuration: {exc}")
@@ -318,6 +325,15 @@ class _Daemon:
         if self.names_refresh is None:
             loop = asyncio.get_running_loop()
             self.names_refresh = loop.call_later(NAMES_REFRESH_S, self._refresh_names)
+
+    async def _command(self, topic: str, payload: bytes, retain: bool) -> None:
+        """What mqtt_publish tools publish through: the broker connection, while there is one."""
+        if self.mqtt is None:
+            raise ToolError("MQTT is off")
+        try:
+            await self.mqtt.command(topic, payload, retain)
+        except EdgeRuntimeError as exc:
+            raise ToolError(str(exc)) from None
 
     def _refresh_names(self) -> None:
         self.names_refresh = None

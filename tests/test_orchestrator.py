@@ -239,6 +239,18 @@ def test_misbehaving_tools_become_observations_within_the_deadline(
     assert message in answer.text
 
 
+def test_grounding_covers_every_user_turn_of_the_session(tmp_path: Path) -> None:
+    # "Which city?" "Macau": the answer to a question completes the request before it.
+    model = ScriptedModel("\nWhich city?", "\nok")
+    orch = build(tmp_path, model)
+    try:
+        ask(orch, "bounce the weather for the day after tomorrow", session="s", ident="a")
+        ask(orch, "Macau", session="s", ident="b")
+    finally:
+        close(orch)
+    assert model.calls[-1]["grounding"] == "bounce the weather for the day after tomorrow\nMacau"
+
+
 def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     model = ScriptedModel('echo\n{"text": "ping"}', "\nThe echo said ping.")
     orch = build(tmp_path, model)
@@ -253,9 +265,10 @@ def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     assert {t["name"] for t in model.calls[0]["tools"]} == {"weather", "echo"}
     # Its calls are held to the schemas, grounded in the user's words.
     assert model.calls[0]["grounding"] == "could you bounce a word off the echo tool"
+    # The observation restates the call's arguments, then the result's fields.
     assert model.calls[1]["messages"][-1] == {
         "role": "tool",
-        "content": '{"result": {"echo": "ping"}}',
+        "content": '{"text": "ping", "echo": "ping"}',
     }
     # The call itself was never streamed to the device, only the answer.
     assert "".join(streamed) == "The echo said ping."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -81,6 +82,49 @@ def test_the_schema_the_model_sees() -> None:
     assert props["city"]["type"] == "string"
     assert props["date"]["enum"] == ["today", "tomorrow"]
     assert schema["parameters"]["required"] == ["city"]
+
+
+def test_the_schema_text_is_the_declaration_whatever_the_order_of_options() -> None:
+    spec = tool(
+        name="dim",
+        kind="mqtt_publish",
+        topic="lights/{name}/set",
+        payload="{level}",
+        description="Dim a light",
+        parameters={
+            "name": {"grounded": True, "max_length": 32, "description": "light"},
+            "level": {"type": "integer", "maximum": 100, "minimum": 0},
+            "fade": {"type": "number", "required": False},
+        },
+    )
+    schema = ToolGateway.build([spec]).schemas()[0]
+    assert json.dumps(schema) == json.dumps(
+        {
+            "name": "dim",
+            "description": "Dim a light",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "light",
+                        "maxLength": 32,
+                        "x-grounded": True,
+                    },
+                    "level": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "fade": {"type": "number"},
+                },
+                "required": ["name", "level"],
+                "additionalProperties": False,
+            },
+        }
+    )
+
+
+def test_tools_kept_to_the_rules_are_not_offered_to_the_model() -> None:
+    spec = tool(**WEATHER, url="http://h/w?c={city}", offer_to_model=False)
+    gateway = ToolGateway.build([spec], http_allow=["http://h/"])
+    assert gateway.schemas() == [] and "weather" in gateway.tools
 
 
 def test_http_urls_must_stay_under_the_allow_list() -> None:
@@ -184,6 +228,75 @@ def test_mqtt_state_reads_the_latest_value() -> None:
     # An argument may not reach another topic.
     sneaky = call(ToolGateway.build([spec], state=state), "temp", {"area": "+/../#"})
     assert "may not contain" in (sneaky.error or "")
+
+
+def test_names_resolve_to_ids_and_the_model_sees_what_it_asked_for() -> None:
+    state = StateStore()
+    state.update("sensors/living_room/humidity", b"48")
+    spec = tool(
+        name="sensor_reading",
+        kind="mqtt_state",
+        topic="sensors/{area}/{sensor}",
+        observe={"value": "value"},
+        parameters={"area": {"resolve": "areas"}, "sensor": {"enum": ["humidity"]}},
+    )
+    gateway = ToolGateway.build([spec], state=state)
+    gateway.set_names("areas", {"living_room": ["living room", "客厅"]})
+    done = call(gateway, "sensor_reading", {"area": "客厅", "sensor": "humidity"})
+    assert done.ok, done.error
+    assert done.arguments == {"area": "living_room", "sensor": "humidity"}
+    # The call's arguments, then only the fields ``observe`` picks, under its names.
+    assert json.dumps(gateway.observation(done)) == json.dumps(
+        {"area": "living_room", "sensor": "humidity", "value": 48}
+    )
+    unknown = call(
+        ToolGateway.build([spec], state=state),
+        "sensor_reading",
+        {"area": "attic", "sensor": "humidity"},
+    )
+    assert "no reading on sensors/attic/humidity" in (unknown.error or "")
+    assert gateway.observation(unknown) == {"error": unknown.error}
+
+
+def test_mqtt_publish_sends_the_command_and_says_so() -> None:
+    sent: list[tuple[str, bytes, bool]] = []
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> None:
+        sent.append((topic, payload, retain))
+
+    spec = tool(
+        name="set_device",
+        kind="mqtt_publish",
+        topic="devices/{name}/set",
+        payload="{state}",
+        parameters={"name": {"resolve": "devices"}, "state": {"enum": ["on", "off"]}},
+    )
+    gateway = ToolGateway.build([spec], publish=publish)
+    gateway.set_names("devices", {"lamp-1": ["desk lamp"]})
+    done = call(gateway, "set_device", {"name": "Desk Lamp", "state": "off"})
+    assert done.ok and done.output == {"ok": True}
+    assert sent == [("devices/lamp-1/set", b"off", False)]
+    sneaky = call(
+        ToolGateway.build([spec], publish=publish), "set_device", {"name": "#", "state": "on"}
+    )
+    assert "may not contain" in (sneaky.error or "") and len(sent) == 1
+    offline = call(ToolGateway.build([spec]), "set_device", {"name": "x", "state": "on"})
+    assert offline.error == "set_device: MQTT is off"
+
+
+def test_note_tools_keep_the_note_for_the_calling_device() -> None:
+    kept: list[tuple[str, str]] = []
+
+    async def keep(device: str, text: str) -> None:
+        kept.append((device, text))
+
+    spec = tool(name="add_note", kind="note", parameters={"text": {"max_length": 64}})
+    done = call(
+        ToolGateway.build([spec], keep_note=keep), "add_note", {"text": "buy milk"}, device="d1"
+    )
+    assert done.output == {"saved": True} and kept == [("d1", "buy milk")]
+    with pytest.raises(ValueError, match="one string parameter"):
+        tool(name="bad", kind="note", parameters={"a": {}, "b": {}})
 
 
 @pytest.fixture

@@ -165,12 +165,13 @@ async def _run(args: OrchestratorBenchArgs, port: int, state_dir: Path) -> dict[
             async def timed_run(
                 arguments: dict[str, Any],
                 timeout: float,
+                device: str = "",
                 original: Any = original,
                 in_tool: list[float] = in_tool,
             ) -> Any:
                 started = time.perf_counter()
                 try:
-                    return await original(arguments, timeout)
+                    return await original(arguments, timeout, device)
                 finally:
                     in_tool[0] += time.perf_counter() - started
 

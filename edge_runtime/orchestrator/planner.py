@@ -76,6 +76,7 @@ def plan(parsed: Parse, tools: ToolGateway, message: str) -> Plan:
                 steps.append(Step(step_id, "generate", intent, instruction=intent.text))
                 continue
             arguments = {k: v for k, v in intent.slots.items() if k in tool.settings.parameters}
+            arguments.update(tool.settings.intent_arguments.get(intent.name, {}))
             steps.append(Step(step_id, "tool", intent, tool=tool.name, arguments=arguments))
     for clause in parsed.unmatched:
         steps.append(Step(f"s{len(steps) + 1}", "generate", instruction=clause))

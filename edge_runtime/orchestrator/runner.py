@@ -145,7 +145,11 @@ class PlanRunner:
         if step.kind == "tool":
             assert step.tool is not None
             call = await self.tools.call(
-                step.tool, step.arguments, guard=ctx.guard, timeout=deadline - self.clock()
+                step.tool,
+                step.arguments,
+                guard=ctx.guard,
+                timeout=deadline - self.clock(),
+                device=ctx.device,
             )
             result.calls.append(call)
             result.error = call.error
@@ -187,7 +191,7 @@ class PlanRunner:
         messages.append({"role": "user", "content": result.step.instruction})
         for done in inputs:
             for call in done.calls:
-                messages += _exchange(call.name, call.arguments, call.observation())
+                messages += _exchange(call.name, call.arguments, self.tools.observation(call))
             if done.step.kind in ("note_add", "note_search") and done.text:
                 messages.append({"role": "tool", "content": done.text})
         generated = await self._model()(
@@ -202,7 +206,12 @@ class PlanRunner:
         """The model with the tool list: call, observe, continue, at most max_tool_steps calls."""
         generate = self._model()
         schemas = self.tools.schemas()
-        names = set(self.tools.tools)
+        names = {schema["name"] for schema in schemas}
+        # Grounded arguments may come from any of the user's turns: "Macau" answering "which
+        # city?" completes "the weather the day after tomorrow".
+        heard = "\n".join(
+            [*(str(m["content"]) for m in ctx.history if m.get("role") == "user"), ctx.message]
+        )
         messages: list[dict[str, Any]] = [dict(m) for m in ctx.history]
         messages.append({"role": "user", "content": ctx.message})
         attempts = 0
@@ -214,7 +223,7 @@ class PlanRunner:
                 tools=schemas or None,
                 on_delta=sink,
                 deadline=deadline,
-                grounding=ctx.message if self.grounded and schemas else None,
+                grounding=heard if self.grounded and schemas else None,
             )
             result.generated = generated
             output = parse_output(generated.text, names)
@@ -233,9 +242,10 @@ class PlanRunner:
                     output.arguments,
                     guard=ctx.guard,
                     timeout=min(self.step_timeout_s, deadline - self.clock()),
+                    device=ctx.device,
                 )
                 result.calls.append(call)
-                observation = call.observation()
+                observation = self.tools.observation(call)
             else:
                 observation = {"error": output.reason}
             messages += _exchange(output.name, getattr(output, "arguments", {}), observation)

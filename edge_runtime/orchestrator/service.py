@@ -24,7 +24,7 @@ from edge_runtime.orchestrator.llm import DeltaSink, Generator, trim_start
 from edge_runtime.orchestrator.memory import LongTermMemory, ShortTermMemory
 from edge_runtime.orchestrator.planner import Plan, plan
 from edge_runtime.orchestrator.runner import PlanRunner, Run, RunContext, StepResult
-from edge_runtime.orchestrator.tools import ToolCall, ToolGateway, ToolGuard
+from edge_runtime.orchestrator.tools import Publisher, ToolCall, ToolGateway, ToolGuard
 from edge_runtime.state import StateStore
 
 Route = Literal["direct", "orchestrate"]
@@ -116,20 +116,39 @@ class Orchestrator:
         *,
         generator: Generator | None,
         state: StateStore | None = None,
+        publish: Publisher | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Orchestrator:
         """Everything from the config; bad tools and templates fail here, not per request."""
         conf = settings.orchestrator
-        tools = ToolGateway.build(
-            settings.tools, state=state, http_allow=conf.http_allow, clock=clock
+        long_term = LongTermMemory(
+            settings.state_dir / "memory.db", max_facts_per_device=conf.max_facts_per_device
         )
+
+        async def keep_note(device: str, text: str) -> None:
+            await asyncio.to_thread(long_term.add, device, text)
+
+        try:
+            tools = ToolGateway.build(
+                settings.tools,
+                state=state,
+                http_allow=conf.http_allow,
+                publish=publish,
+                keep_note=keep_note,
+                clock=clock,
+            )
+        except BaseException:
+            long_term.close()
+            raise
+        tools.set_names("areas", conf.areas)
         handled = {"compose_reminder", "note_add", "note_search"}
         required: dict[str, list[str]] = {}
         for spec in settings.tools:
             handled.update(spec.intents)
             needs = [k for k, p in spec.parameters.items() if p.required and p.default is None]
             for intent in spec.intents:
-                required[intent] = needs
+                fixed = spec.intent_arguments.get(intent, {})
+                required[intent] = [k for k in needs if k not in fixed]
         devices = configured_devices(settings)
         parser = IntentParser.build(
             languages=conf.languages,
@@ -153,9 +172,7 @@ class Orchestrator:
                 count_tokens=generator.count_tokens if generator is not None else None,
                 clock=clock,
             ),
-            long_term=LongTermMemory(
-                state_dir / "memory.db", max_facts_per_device=conf.max_facts_per_device
-            ),
+            long_term=long_term,
             cache=ResponseCache(conf.cache_size, conf.cache_ttl_s, clock=clock)
             if settings.enable_caching
             else None,
@@ -168,6 +185,7 @@ class Orchestrator:
             clock=clock,
         )
         built._configured_devices = devices
+        built.set_devices({})
         return built
 
     @classmethod
@@ -191,7 +209,11 @@ class Orchestrator:
 
     def set_devices(self, registered: Mapping[str, Named]) -> None:
         """Name slots from the config and from the device registry (the config wins)."""
-        self.parser.set_devices({**registered, **self._configured_devices})
+        named = {**registered, **self._configured_devices}
+        self.parser.set_devices(named)
+        self.runner.tools.set_names(
+            "devices", {ident: names for ident, (names, _) in named.items()}
+        )
 
     def adopt(self, old: Orchestrator) -> None:
         """Take over the conversations of the orchestrator this one replaces (on a reload).

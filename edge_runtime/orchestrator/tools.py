@@ -28,6 +28,10 @@ from edge_runtime.state import StateStore
 ENTRY_POINT_GROUP = "edge_runtime.tools"
 # Asked before every call: None lets it through, a string is the reason it was denied.
 ToolGuard = Callable[[str, Mapping[str, Any]], Awaitable[str | None]]
+# Publishes (topic, payload, retain) at QoS 1 and returns once the broker has it.
+Publisher = Callable[[str, bytes, bool], Awaitable[None]]
+# Keeps a note for a device: (device, text).
+NoteKeeper = Callable[[str, str], Awaitable[None]]
 _PYTHON_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool}
 _TOPIC_UNSAFE = re.compile(r"[/+#\x00]")
 log = logging.getLogger("edge_runtime.tools")
@@ -78,8 +82,6 @@ def arguments_model(name: str, parameters: Mapping[str, ToolParameter]) -> type[
             constraints["description"] = spec.description
         if spec.type == "string" and spec.enum is None:
             constraints["max_length"] = spec.max_length
-            if spec.grounded:
-                constraints["json_schema_extra"] = {"x-grounded": True}
         if spec.minimum is not None:
             constraints["ge"] = spec.minimum
         if spec.maximum is not None:
@@ -95,6 +97,29 @@ def arguments_model(name: str, parameters: Mapping[str, ToolParameter]) -> type[
     return model
 
 
+def _property_schema(spec: ToolParameter) -> dict[str, Any]:
+    """JSON Schema of one argument: an enum lists its values, a string says how long it may be."""
+    out: dict[str, Any] = {}
+    if spec.enum is not None:
+        out["enum"] = list(spec.enum)
+    else:
+        out["type"] = spec.type
+    if spec.description:
+        out["description"] = spec.description
+    if spec.type == "string" and spec.enum is None:
+        out["maxLength"] = spec.max_length
+        if spec.grounded:
+            out["x-grounded"] = True
+    for bound, value in (("minimum", spec.minimum), ("maximum", spec.maximum)):
+        if value is not None:
+            # Bounds are read as floats; an integer's are written as integers.
+            whole = spec.type == "integer" and float(value).is_integer()
+            out[bound] = int(value) if whole else value
+    if spec.default is not None:
+        out["default"] = spec.default
+    return out
+
+
 class Tool:
     """One declared tool; subclasses do the call itself."""
 
@@ -104,15 +129,26 @@ class Tool:
         self.arguments_model = arguments_model(settings.name, settings.parameters)
 
     def schema(self) -> dict[str, Any]:
-        """The function description a GLM sees in its tool list."""
-        parameters = self.arguments_model.model_json_schema()
-        parameters.pop("title", None)
-        for prop in parameters.get("properties", {}).values():
-            prop.pop("title", None)
+        """The function description a GLM sees in its tool list.
+
+        Written from the declaration rather than by pydantic, so that the same declaration
+        always gives the same text: a model trained with a tool list sees that list again.
+        """
+        properties = {key: _property_schema(spec) for key, spec in self.settings.parameters.items()}
+        required = [
+            key
+            for key, spec in self.settings.parameters.items()
+            if spec.required and spec.default is None
+        ]
         return {
             "name": self.name,
             "description": self.settings.description,
-            "parameters": parameters,
+            "parameters": {
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": False,
+            },
         }
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,7 +163,7 @@ class Tool:
             raise ToolError(f"{self.name}: {where}: {first['msg']}") from None
         return checked.model_dump()
 
-    async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         """Call the tool with checked arguments; raise ToolError on failure."""
         raise NotImplementedError
 
@@ -142,7 +178,7 @@ class MqttStateTool(Tool):
         super().__init__(settings)
         self._state = state
 
-    async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         for key, value in arguments.items():
             if isinstance(value, str) and _TOPIC_UNSAFE.search(value):
                 raise ToolError(f"{self.name}: {key} may not contain '/', '+', '#'")
@@ -155,6 +191,41 @@ class MqttStateTool(Tool):
         if self.settings.max_age_s and age > self.settings.max_age_s:
             raise ToolError(f"the last reading on {topic} is {age:.0f} s old")
         return {"topic": topic, "value": reading.value, "age_s": round(age, 1)}
+
+
+class MqttPublishTool(Tool):
+    """A command to a device: a message published to a topic, acknowledged by the broker."""
+
+    def __init__(self, settings: ToolSettings, publish: Publisher | None):
+        super().__init__(settings)
+        self._publish = publish
+
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
+        if self._publish is None:
+            raise ToolError(f"{self.name}: MQTT is off")
+        for key, value in arguments.items():
+            if isinstance(value, str) and _TOPIC_UNSAFE.search(value):
+                raise ToolError(f"{self.name}: {key} may not contain '/', '+', '#'")
+        assert self.settings.topic is not None and self.settings.payload is not None
+        topic = _expand(self.settings.topic, arguments, quote=False)
+        payload = _expand(self.settings.payload, arguments, quote=False)
+        await self._publish(topic, payload.encode(), self.settings.retain)
+        return {"ok": True}
+
+
+class NoteTool(Tool):
+    """A note kept in the calling device's long-term memory."""
+
+    def __init__(self, settings: ToolSettings, keep: NoteKeeper | None):
+        super().__init__(settings)
+        self._keep = keep
+
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
+        if self._keep is None:
+            raise ToolError(f"{self.name}: long-term memory is off")
+        (text,) = arguments.values()
+        await self._keep(device, str(text))
+        return {"saved": True}
 
 
 class _Threads:
@@ -200,7 +271,7 @@ class SqliteTool(Tool):
                 f"tool {self.name}: query uses undeclared parameters {', '.join(sorted(unknown))}"
             )
 
-    async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         deadline = time.monotonic() + timeout
         return await self._threads.run(lambda: self._select(arguments, deadline))
 
@@ -250,7 +321,7 @@ class HttpTool(Tool):
     def _allowed(self, url: str) -> bool:
         return any(url.startswith(prefix) for prefix in self._allow)
 
-    async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         assert self.settings.url is not None
         for key, value in arguments.items():
             if isinstance(value, str) and value.strip() in (".", ".."):
@@ -308,7 +379,7 @@ class PythonTool(Tool):
     async def close(self) -> None:
         self._threads.close()
 
-    async def run(self, arguments: dict[str, Any], timeout: float) -> Any:
+    async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         try:
             if inspect.iscoroutinefunction(self._function):
                 return await self._function(**arguments)
@@ -355,6 +426,8 @@ class ToolGateway:
 
     tools: dict[str, Tool]
     clock: Callable[[], float] = time.monotonic
+    # For arguments declared with ``resolve``: slot list -> casefolded name -> id.
+    names: dict[str, dict[str, str]] = field(default_factory=dict)
     # Calls by (tool, outcome): ok, denied or error; read by the metrics endpoint.
     outcomes: CounterType[tuple[str, str]] = field(default_factory=CounterType)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -366,6 +439,8 @@ class ToolGateway:
         *,
         state: StateStore | None = None,
         http_allow: Sequence[str] = (),
+        publish: Publisher | None = None,
+        keep_note: NoteKeeper | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> ToolGateway:
         """Instantiate the declared tools; a tool that cannot work is a ToolConfigError now."""
@@ -378,6 +453,10 @@ class ToolGateway:
                 tool: Tool
                 if spec.kind == "mqtt_state":
                     tool = MqttStateTool(spec, state if state is not None else StateStore())
+                elif spec.kind == "mqtt_publish":
+                    tool = MqttPublishTool(spec, publish)
+                elif spec.kind == "note":
+                    tool = NoteTool(spec, keep_note)
                 elif spec.kind == "sqlite":
                     tool = SqliteTool(spec)
                 elif spec.kind == "http":
@@ -407,8 +486,39 @@ class ToolGateway:
         self._closers.clear()
 
     def schemas(self) -> list[dict[str, Any]]:
-        """Every tool's function description, for the model's tool list."""
-        return [tool.schema() for tool in self.tools.values()]
+        """The function descriptions of the tools offered to the model, for its tool list."""
+        return [tool.schema() for tool in self.tools.values() if tool.settings.offer_to_model]
+
+    def set_names(self, slot_list: str, named: Mapping[str, Sequence[str]]) -> None:
+        """What ``resolve`` arguments map: each id is also called by its names."""
+        self.names[slot_list] = {
+            name.casefold(): ident for ident, names in named.items() for name in (ident, *names)
+        }
+
+    def observation(self, call: ToolCall) -> dict[str, Any]:
+        """What the model reads of a call: the arguments, then the result or the error.
+
+        Restating the arguments lets a small model copy the city or room into its answer;
+        ``observe`` picks and renames the result's fields.
+        """
+        if call.error is not None:
+            return {"error": call.error}
+        tool = self.tools.get(call.name)
+        observe = tool.settings.observe if tool is not None else {}
+        output = call.output
+        if isinstance(output, Mapping):
+            picked = {k: output.get(f) for k, f in observe.items()} if observe else dict(output)
+        else:
+            picked = {"result": output}
+        return {**call.arguments, **picked}
+
+    def _resolved(self, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+        out = dict(arguments)
+        for key, spec in tool.settings.parameters.items():
+            value = out.get(key)
+            if spec.resolve is not None and isinstance(value, str):
+                out[key] = self.names.get(spec.resolve, {}).get(value.casefold(), value)
+        return out
 
     def for_intent(self, intent: str) -> Tool | None:
         """The tool that answers a rule-matched intent, if one is declared."""
@@ -424,6 +534,7 @@ class ToolGateway:
         *,
         guard: ToolGuard | None = None,
         timeout: float | None = None,
+        device: str = "",
     ) -> ToolCall:
         """Call one tool; every failure comes back as a ToolCall with an error, never raised."""
         started = self.clock()
@@ -435,14 +546,15 @@ class ToolGateway:
             tool.settings.timeout_s if timeout is None else min(timeout, tool.settings.timeout_s)
         )
         try:
-            checked = tool.validate(arguments)
+            given = self._resolved(tool, args) if isinstance(arguments, Mapping) else arguments
+            checked = tool.validate(given)
             if guard is not None:
                 denied = await guard(name, checked)
                 if denied is not None:
                     raise ToolDeniedError(f"{name}: denied: {denied}")
             try:
                 async with asyncio.timeout(max(limit, 0.0)):
-                    output = await tool.run(checked, max(limit, 0.001))
+                    output = await tool.run(checked, max(limit, 0.001), device)
             except TimeoutError:
                 raise ToolError(f"{name}: no answer within {limit:.1f} s") from None
             output = _capped(name, output, tool.settings.max_output_bytes)

@@ -118,6 +118,21 @@ class MqttTransport:
         if self._connected.is_set():
             self.client.publish(topic, payload, qos=0)
 
+    async def command(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish at QoS 1 and return once the broker has acknowledged it (device commands).
+
+        Raises EdgeRuntimeError while disconnected: a command is not queued for later.
+        """
+        if not self._connected.is_set():
+            raise EdgeRuntimeError("not connected to the broker")
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise EdgeRuntimeError(f"publish failed: {mqtt.error_string(info.rc)}")
+        # Paho completes the message on its network thread; polling keeps this cancellable
+        # by the tool's timeout.
+        while not info.is_published():
+            await asyncio.sleep(0.005)
+
     async def stop_taking_requests(self) -> None:
         """Unsubscribe from requests (a shutdown): the share group's other boxes take them."""
         self._taking_requests = False
