@@ -179,9 +179,7 @@ class MqttStateTool(Tool):
         self._state = state
 
     async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
-        for key, value in arguments.items():
-            if isinstance(value, str) and _TOPIC_UNSAFE.search(value):
-                raise ToolError(f"{self.name}: {key} may not contain '/', '+', '#'")
+        _check_topic_arguments(self.name, arguments)
         assert self.settings.topic is not None
         topic = _expand(self.settings.topic, arguments, quote=False)
         reading = self._state.get(topic)
@@ -191,6 +189,13 @@ class MqttStateTool(Tool):
         if self.settings.max_age_s and age > self.settings.max_age_s:
             raise ToolError(f"the last reading on {topic} is {age:.0f} s old")
         return {"topic": topic, "value": reading.value, "age_s": round(age, 1)}
+
+
+def _check_topic_arguments(name: str, arguments: Mapping[str, Any]) -> None:
+    """Arguments that go into a topic may not reach another level or a wildcard."""
+    for key, value in arguments.items():
+        if isinstance(value, str) and _TOPIC_UNSAFE.search(value):
+            raise ToolError(f"{name}: {key} may not contain '/', '+', '#'")
 
 
 class MqttPublishTool(Tool):
@@ -203,9 +208,7 @@ class MqttPublishTool(Tool):
     async def run(self, arguments: dict[str, Any], timeout: float, device: str = "") -> Any:
         if self._publish is None:
             raise ToolError(f"{self.name}: MQTT is off")
-        for key, value in arguments.items():
-            if isinstance(value, str) and _TOPIC_UNSAFE.search(value):
-                raise ToolError(f"{self.name}: {key} may not contain '/', '+', '#'")
+        _check_topic_arguments(self.name, arguments)
         assert self.settings.topic is not None and self.settings.payload is not None
         topic = _expand(self.settings.topic, arguments, quote=False)
         payload = _expand(self.settings.payload, arguments, quote=False)
