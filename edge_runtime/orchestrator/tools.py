@@ -50,6 +50,8 @@ class ToolCall:
     error: str | None = None
     duration_s: float = 0.0
     cache_ttl_s: float = 0.0
+    # Arguments in the words they were given, where ``resolve`` turned names into ids.
+    said: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -501,8 +503,9 @@ class ToolGateway:
     def observation(self, call: ToolCall) -> dict[str, Any]:
         """What the model reads of a call: the arguments, then the result or the error.
 
-        Restating the arguments lets a small model copy the city or room into its answer;
-        ``observe`` picks and renames the result's fields.
+        Restating the arguments (in the user's words, not the ids they resolved to) lets a small
+        model copy the city or room into its answer; ``observe`` picks and renames the result's
+        fields.
         """
         if call.error is not None:
             return {"error": call.error}
@@ -513,7 +516,7 @@ class ToolGateway:
             picked = {k: output.get(f) for k, f in observe.items()} if observe else dict(output)
         else:
             picked = {"result": output}
-        return {**call.arguments, **picked}
+        return {**(call.said or call.arguments), **picked}
 
     def _resolved(self, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
         out = dict(arguments)
@@ -572,12 +575,14 @@ class ToolGateway:
             error = f"{name}: {type(exc).__name__}: {exc}"
             return ToolCall(name, args, error=error, duration_s=self.clock() - started)
         self.outcomes[(name, "ok")] += 1
+        renamed = {k: v for k, v in args.items() if k in checked and checked[k] != v}
         return ToolCall(
             name,
             checked,
             output=output,
             duration_s=self.clock() - started,
             cache_ttl_s=tool.settings.cache_ttl_s,
+            said={**checked, **renamed} if renamed else None,
         )
 
 
