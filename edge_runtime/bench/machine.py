@@ -79,6 +79,23 @@ def read_bandwidth(threads: int, size: int, repeats: int = 5) -> float:
     return data.nbytes / statistics.median(times[1:])
 
 
+class OtherLoad:
+    """CPU time other processes take while a bench measures: on a 2-core box, any of it skews."""
+
+    def __init__(self, usable_cpus: int):
+        self._cpus = usable_cpus
+        self._box, self._own = cpu_seconds()
+        self._started = time.perf_counter()
+
+    def report(self) -> dict[str, float]:
+        """Their CPU seconds since the start, and their share of the box's capacity."""
+        box, own = cpu_seconds()
+        others = max(0.0, (box - self._box) - (own - self._own))
+        capacity = (time.perf_counter() - self._started) * self._cpus
+        share = round(others / capacity, 3) if capacity > 0 else 0.0
+        return {"cpu_seconds": round(others, 2), "share_of_capacity": share}
+
+
 def cpu_seconds() -> tuple[float, float]:
     """Busy CPU seconds of the whole box, and of this process with its finished children."""
     try:

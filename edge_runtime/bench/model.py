@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +16,7 @@ from typing import Any, TextIO
 import edge_runtime
 from edge_runtime.bench.machine import (
     BANDWIDTH_BYTES,
-    cpu_seconds,
+    OtherLoad,
     describe_machine,
     read_bandwidth,
 )
@@ -113,8 +112,7 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
     if not built:
         _build(entry, shape, threads, progress)
     prompt = prompt_ids(entry / "onnx" / "tokenizer.json", args.prompt_tokens)
-    box_before, own_before = cpu_seconds()
-    started = time.perf_counter()
+    load = OtherLoad(device.usable_cpus)
     measured: dict[str, dict[str, Any]] = {}
     for row in ROWS:
         path = entry / row.file
@@ -137,10 +135,6 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
         row.name: _describe_row(row, entry / row.file, measured[row.name], bandwidth)
         for row in ROWS
     }
-    box_after, own_after = cpu_seconds()
-    # CPU time other processes took while we measured: on a 2-core box, any of it skews rows.
-    others = max(0.0, (box_after - box_before) - (own_after - own_before))
-    capacity = (time.perf_counter() - started) * device.usable_cpus
     _compare(rows, args.new_tokens)
     result = {
         "benchmark": "model",
@@ -165,10 +159,7 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
         },
         "rows": rows,
         "ratios": _ratios(rows),
-        "other_load": {
-            "cpu_seconds": round(others, 2),
-            "share_of_capacity": round(others / capacity, 3) if capacity > 0 else 0.0,
-        },
+        "other_load": load.report(),
     }
     if not args.json:
         out.write(render(result))

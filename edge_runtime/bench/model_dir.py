@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from edge_runtime.bench.machine import (
     BANDWIDTH_BYTES,
-    cpu_seconds,
+    OtherLoad,
     describe_machine,
     read_bandwidth,
 )
@@ -49,8 +48,7 @@ def run(args: ModelBenchArgs, directory: Path, out: TextIO) -> dict[str, Any]:
         raise EdgeRuntimeError("prompt_tokens + new_tokens must stay inside the context window")
     progress = Progress(len(rows) + 1)
     prompt = prompt_ids(directory / "tokenizer.json", args.prompt_tokens)
-    box_before, own_before = cpu_seconds()
-    started = time.perf_counter()
+    load = OtherLoad(device.usable_cpus)
     measured: dict[str, dict[str, Any]] = {}
     for row in rows:
         path = directory / row.file
@@ -71,9 +69,6 @@ def run(args: ModelBenchArgs, directory: Path, out: TextIO) -> dict[str, Any]:
             raise EdgeRuntimeError(f"bench row {name} generated {len(tokens)} tokens")
         figures["vs_optimum_int8"] = _ratio(figures["decode_tok_s"], base["decode_tok_s"])
         figures["ttft_vs_optimum_int8"] = _ratio(figures["ttft_ms"], base["ttft_ms"])
-    box_after, own_after = cpu_seconds()
-    others = max(0.0, (box_after - box_before) - (own_after - own_before))
-    capacity = (time.perf_counter() - started) * device.usable_cpus
     result = {
         "benchmark": "model-directory",
         "machine": describe_machine(device, threads),
@@ -93,10 +88,7 @@ def run(args: ModelBenchArgs, directory: Path, out: TextIO) -> dict[str, Any]:
         },
         "bandwidth": {"read_gb_s": round(bandwidth / 1e9, 2), "threads": threads},
         "rows": described,
-        "other_load": {
-            "cpu_seconds": round(others, 2),
-            "share_of_capacity": round(others / capacity, 3) if capacity > 0 else 0.0,
-        },
+        "other_load": load.report(),
     }
     if not args.json:
         out.write(render(result))
