@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--quantize", choices=("int8", "none"), default="int8")
     export.add_argument("--scheme", choices=("dynamic", "matmul_nbits"), help="INT8 scheme")
+    export.add_argument(
+        "--source-label", help="how manifest.json names the source (default: --model as given)"
+    )
     export.add_argument("--profile", help="device profile whose INT8 scheme to use")
     export.add_argument("--keep-fp32", action="store_true", help="also keep model.onnx")
     tiny = model_commands.add_parser("build-tiny", help="build the small GLM for tests")
@@ -112,11 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a small GLM on the assistant dataset (needs the export extra)"
     )
     trainer.add_argument("--out", required=True, type=Path)
-    trainer.add_argument("--seed", type=int, default=0)
-    trainer.add_argument("--minutes", type=float, default=30.0)
-    trainer.add_argument("--samples", type=int, default=40_000)
-    trainer.add_argument("--batch-tokens", type=int, default=4096)
-    trainer.add_argument("--learning-rate", type=float, default=2e-3)
+    # Unset options take TrainSettings' defaults: the recipe glm-edge-mini was trained with.
+    for option, kind, about in (
+        ("--seed", int, "random seed (data, weights, order)"),
+        ("--minutes", float, "training time, the copy warm-up included"),
+        ("--samples", int, "training conversations to generate"),
+        ("--batch-tokens", int, "padded tokens per step, over all workers"),
+        ("--learning-rate", float, "peak learning rate"),
+        ("--workers", int, "data-parallel training processes (one per core)"),
+        ("--invented-share", float, "share of conversations with made-up names"),
+        ("--copy-warmup-steps", int, "steps of copy drills before the conversations"),
+    ):
+        trainer.add_argument(option, type=kind, help=about)
     evaluate = model_commands.add_parser(
         "eval", help="held-out assistant tasks: tool calls, slots, answers; grounded and not"
     )
@@ -424,17 +434,22 @@ def _model(args: argparse.Namespace) -> int:
     if args.model_command == "train":
         from edge_runtime.model.train import TrainSettings, train
 
-        train(
-            args.out,
-            TrainSettings(
-                seed=args.seed,
-                minutes=args.minutes,
-                samples=args.samples,
-                batch_tokens=args.batch_tokens,
-                learning_rate=args.learning_rate,
-            ),
-            sys.stdout,
-        )
+        given = {
+            "seed": args.seed,
+            "minutes": args.minutes,
+            "samples": args.samples,
+            "batch_tokens": args.batch_tokens,
+            "learning_rate": args.learning_rate,
+            "workers": args.workers,
+            "invented_share": args.invented_share,
+            "copy_warmup_steps": args.copy_warmup_steps,
+        }
+        try:
+            settings = TrainSettings(**{k: v for k, v in given.items() if v is not None})
+        except ValueError as exc:
+            print(f"edge-runtime: {exc}", file=sys.stderr)
+            return 2
+        train(args.out, settings, sys.stdout)
         print(f"checkpoint in {args.out}; next: edge-runtime model export --model {args.out}")
         return 0
     if args.model_command == "dataset":
@@ -472,6 +487,7 @@ def _model(args: argparse.Namespace) -> int:
         quantization=quantization,
         keep_fp32=args.keep_fp32,
         threads=resolved.threads,
+        source_label=args.source_label,
     )
     manifest = export_model(args.model, args.out, options)
     for parity in manifest.parity:

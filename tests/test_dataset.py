@@ -54,6 +54,41 @@ def test_held_out_values_never_reach_training() -> None:
     assert not [name for name in names if name in corpus]
 
 
+def test_some_training_names_are_made_up_and_only_there() -> None:
+    invented = [s for s in TRAIN if s.invented]
+    assert 0.2 * len(TRAIN) < len(invented) < 0.5 * len(TRAIN)
+    known = {
+        item[lang]
+        for kind in ("cities", "areas", "devices")
+        for item in dataset.vocabulary()[kind]
+        for lang in ("en", "zh")
+    }
+    said = [
+        str(value)
+        for sample in invented
+        for key, value in sample.expected.get("arguments", {}).items()
+        if key in ("city", "area", "name")
+    ]
+    names = set(said)
+    assert len(names) > 0.9 * len(said)  # hardly a name comes twice
+    assert not [name for name in names if any(k.casefold() in name.casefold() for k in known)]
+    # Not even a character that only held-out names have.
+    train, held = dataset._partition(0)
+
+    def characters(values: Any) -> set[str]:
+        return {
+            c
+            for kind in (values.cities, values.areas, values.devices)
+            for item in kind
+            for c in item["zh"]
+        }
+
+    rare = characters(held) - characters(train)
+    assert rare and not [name for name in names if rare & set(name)]
+    for split in ("heldout_template", "heldout_value", "paraphrase"):
+        assert not [s for s in dataset.generate(split, 200, seed=0) if s.invented]
+
+
 def test_held_out_templates_are_not_trained_on() -> None:
     for category, language in dataset.TEMPLATES:
         held = set(dataset._templates(category, language, "heldout_template"))

@@ -57,6 +57,7 @@ def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
         learning_rate=3e-3,
         warmup_steps=4,
         log_every_s=0,
+        copy_warmup_steps=100,
     )
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
@@ -67,3 +68,53 @@ def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
     tokenizer = ChatTokenizer.from_directory(out)
     assert tokenizer.token_id("<|observation|>") is not None
     assert model.config.vocab_size >= tokenizer.vocab_size
+
+
+@pytest.mark.export
+def test_two_processes_train_one_model_and_report_as_one(tmp_path: Path) -> None:
+    from transformers import GlmForCausalLM
+
+    log = io.StringIO()
+    settings = TrainSettings(
+        shape=SHAPE,
+        samples=120,
+        max_steps=6,
+        batch_tokens=8192,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        log_every_s=0,
+        copy_warmup_steps=100,
+        workers=2,
+    )
+    out = train(tmp_path / "ckpt", settings, log)
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 6 and summary["settings"]["workers"] == 2
+    assert summary["replicas_identical"] is True  # the processes trained one model
+    # Rank 0's progress reaches the caller's log, once per step and once only.
+    lines = log.getvalue().splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("step ")] == [
+        f"{n}/6" for n in range(1, 7)
+    ], log.getvalue()
+    assert "copy warm-up 100/100" in log.getvalue()
+    assert GlmForCausalLM.from_pretrained(out).config.num_hidden_layers == SHAPE.layers
+
+
+@pytest.mark.export
+def test_copy_drills_repeat_random_tokens_and_learn_the_repeat() -> None:
+    from edge_runtime.model.train import _COPY_GAP, _COPY_LENGTH, _CopyDrill, _Job
+
+    job = _Job(TrainSettings(shape=SHAPE), [], [7, 8], [1], 500, Path("."))
+    ids, labels, mask = _CopyDrill(job, rank=0, world=2).batch()
+    assert ids.shape[0] == 8  # half of the drill batch in each of 2 processes
+    for row in range(ids.shape[0]):
+        tokens = ids[row][mask[row] == 1].tolist()
+        learned = labels[row][labels[row] != -100].tolist()
+        # The learned tokens are the end of the row; the row starts with the start token.
+        assert tokens[0] == 7 and tokens[-len(learned) :] == learned
+        length = len(learned) + 1  # the repeat's first token is not learned
+        assert _COPY_LENGTH[0] <= length <= _COPY_LENGTH[1]
+        first, again = tokens[1 : 1 + length], tokens[-length:]
+        assert first == again and min(tokens[1:]) >= 10 and max(tokens) < 500
+        gap = len(tokens) - 1 - 2 * length
+        assert _COPY_GAP[0] <= gap <= _COPY_GAP[1]
+        assert (ids[row][mask[row] == 0] == 1).all()  # padded with the end token

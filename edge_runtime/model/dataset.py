@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -138,6 +138,8 @@ class Sample:
     # {"tool", "arguments"} of the first call; "values": what the answer must mention;
     # "clarify"/"refuse": the first assistant turn is a question or a refusal.
     expected: dict[str, Any] = field(default_factory=dict)
+    # Its city, room and device are made-up words (see INVENTED_SHARE).
+    invented: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The sample as a JSON line."""
@@ -498,6 +500,93 @@ def _partition(seed: int) -> tuple[_Values, _Values]:
     return train, heldout
 
 
+# The share of training conversations whose city, room and device are invented words. A small
+# model given only a few hundred real names learns them by heart and writes one it remembers; a
+# name it has never seen, in a request it has to answer, teaches it to copy from the request.
+INVENTED_SHARE = 0.5
+_ONSETS = (*"bcdfghjklmnprstvwz", "br", "ch", "cl", "dr", "fl", "gr", "kr", "pl", "sh", "st", "th")
+_VOWELS = (*"aeiou", *"aeio", "ai", "ea", "ia", "io", "ou", "y")
+_CODAS = ["", "", "", "", "n", "r", "l", "s", "m", "th", "nd", "rk", "x", "ng"]
+_ROOM_WORDS = ("room", "hall", "loft", "den", "wing", "corner", "shed", "suite")
+_DEVICE_WORDS = ("lamp", "pump", "switch", "valve", "plug", "socket", "sensor", "blinds")
+_ROOM_HAN = "室房厅间屋廊台库"
+_DEVICE_HAN = "灯机器扇泵阀箱锁"
+
+
+@dataclass(frozen=True)
+class _Spelling:
+    """The Han characters made-up names are spelled with, and those they must not use."""
+
+    common: str  # the characters of the training split's names
+    banned: frozenset[str]  # characters only held-out names have
+
+    @classmethod
+    def of(cls, train: _Values, heldout: _Values) -> _Spelling:
+        def han(values: _Values) -> set[str]:
+            names = [i["zh"] for i in (*values.cities, *values.areas, *values.devices)]
+            return {c for name in names for c in name if "\u4e00" <= c <= "\u9fff"}
+
+        seen = han(train)
+        return cls("".join(sorted(seen)), frozenset(han(heldout) - seen))
+
+
+def _invent(rng: random.Random, kind: str, language: Language, spelling: _Spelling) -> str:
+    """A made-up name for ``kind`` ("city", "area" or "device") holding no name the data uses.
+
+    Not even inside it, and no character that only held-out names have: a held-out name reaches
+    training neither whole nor in pieces.
+    """
+    known = _known_names()
+    while True:
+        if language == "zh":
+            name = _invented_han(rng, kind, spelling.common)
+        else:
+            name = _invented_latin(rng, kind)
+        folded = name.casefold()
+        if not any(k in folded for k in known) and spelling.banned.isdisjoint(name):
+            return name
+
+
+def _invented_latin(rng: random.Random, kind: str) -> str:
+    def word() -> str:
+        syllables = rng.randint(1, 3) if kind != "city" else rng.randint(2, 3)
+        return "".join(
+            rng.choice(_ONSETS) * (i == 0 or rng.random() < 0.8)
+            + rng.choice(_VOWELS)
+            + rng.choice(_CODAS)
+            for i in range(syllables)
+        )
+
+    if kind == "city":
+        words = 2 if rng.random() < 0.15 else 1
+        return " ".join(word().capitalize() for _ in range(words))
+    tail = _ROOM_WORDS if kind == "area" else _DEVICE_WORDS
+    return word() + (" " + rng.choice(tail) if rng.random() < 0.4 else "")
+
+
+def _invented_han(rng: random.Random, kind: str, common: str) -> str:
+    # Half from characters training names use, half from all of CJK: most of those are bytes to
+    # the tokenizer, and a model that copies them copies any name.
+    letters = [
+        rng.choice(common) if rng.random() < 0.5 else chr(rng.randint(0x4E00, 0x9FA5))
+        for _ in range(rng.randint(2, 3) if kind == "city" else rng.randint(1, 2))
+    ]
+    if kind != "city" and (len(letters) == 1 or rng.random() < 0.4):
+        letters.append(rng.choice(_ROOM_HAN if kind == "area" else _DEVICE_HAN))
+    return "".join(letters)
+
+
+@cache
+def _known_names() -> frozenset[str]:
+    vocab = vocabulary()
+    return frozenset(
+        item[language].casefold()
+        for kind in ("cities", "areas", "devices")
+        for item in vocab[kind]
+        for language in ("en", "zh")
+    )
+
+
 def _templates(category: str, language: str, split: Split) -> list[str]:
     found = TEMPLATES[(category, language)]
     held = [t for i, t in enumerate(found) if i % 5 == 4]
@@ -506,11 +595,17 @@ def _templates(category: str, language: str, split: Split) -> list[str]:
     return [t for t in found if t not in held] or found
 
 
-def generate(split: Split, count: int, seed: int = 0) -> list[Sample]:
-    """``count`` samples of ``split`` (the paraphrases: each once), the same for the same seed."""
+def generate(
+    split: Split, count: int, seed: int = 0, *, invented: float = INVENTED_SHARE
+) -> list[Sample]:
+    """``count`` samples of ``split`` (the paraphrases: each once), the same for the same seed.
+
+    ``invented``: the share of training samples with made-up names.
+    """
     rng = random.Random(f"{seed}:{split}")
     train_values, heldout_values = _partition(seed)
     values = heldout_values if split == "heldout_value" else train_values
+    spelling = _Spelling.of(train_values, heldout_values)
     out: list[Sample] = []
     while len(out) < count:
         language: Language = "en" if len(out) % 2 == 0 else "zh"
@@ -525,12 +620,18 @@ def generate(split: Split, count: int, seed: int = 0) -> list[Sample]:
         category = CATEGORIES[(len(out) // 2) % len(CATEGORIES)]
         if split == "heldout_value" and category == "refuse":
             category = "weather"
-        out.append(_sample(rng, language, category, split, values))
+        out.append(_sample(rng, language, category, split, values, invented=(invented, spelling)))
     return out
 
 
 def _sample(
-    rng: random.Random, language: Language, category: str, split: Split, values: _Values
+    rng: random.Random,
+    language: Language,
+    category: str,
+    split: Split,
+    values: _Values,
+    *,
+    invented: tuple[float, _Spelling],
 ) -> Sample:
     if category == "refuse":
         text = rng.choice(REFUSALS[language])
@@ -540,6 +641,12 @@ def _sample(
     city = rng.choice(values.cities)[language]
     area = rng.choice(values.areas)[language]
     device = rng.choice(values.devices)[language]
+    share, spelling = invented
+    made_up = split == "train" and rng.random() < share
+    if made_up:
+        city, area, device = (
+            _invent(rng, kind, language, spelling) for kind in ("city", "area", "device")
+        )
     date = rng.choice(list(DATES))
     sensor = rng.choice(vocabulary()["sensors"])
     state = rng.choice(["on", "off"])
@@ -563,7 +670,8 @@ def _sample(
         "state": state,
         "note": note,
     }
-    return _from_slots(rng, language, category, split, text=text, slots=slots)
+    sample = _from_slots(rng, language, category, split, text=text, slots=slots)
+    return replace(sample, invented=made_up)
 
 
 def _from_slots(
@@ -616,12 +724,9 @@ def _from_slots(
         if sensor["digits"] == 0:
             value = int(value)
         arguments = {"area": slots["area"], "sensor": sensor["id"]}
-        result = {
-            "area": slots["area"],
-            "sensor": sensor["id"],
-            "value": value,
-            "unit": sensor["unit"],
-        }
+        # The observation the runtime gives: the arguments as the user said them, then the
+        # reading (the unit goes with the sensor, so the answer writes it).
+        result = {"area": slots["area"], "sensor": sensor["id"], "value": value}
         answer = ANSWERS[("sensor", language)].format(
             sensor=sensor[language], area=slots["area"], value=value, unit=sensor["unit"]
         )
@@ -675,7 +780,7 @@ def _from_slots(
             split,
             text=text,
             call=("add_note", arguments),
-            result={"saved": True},
+            result={"text": slots["note"], "saved": True},
             answer=answer,
             values=[],
         )
