@@ -58,6 +58,7 @@ def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
         warmup_steps=4,
         log_every_s=0,
         copy_warmup_steps=100,
+        workers=1,
     )
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
@@ -118,3 +119,9 @@ def test_copy_drills_repeat_random_tokens_and_learn_the_repeat() -> None:
         gap = len(tokens) - 1 - 2 * length
         assert _COPY_GAP[0] <= gap <= _COPY_GAP[1]
         assert (ids[row][mask[row] == 0] == 1).all()  # padded with the end token
+
+
+def test_settings_that_cannot_train_are_refused() -> None:
+    for bad in ({"workers": 0}, {"invented_share": 1.5}, {"minutes": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            TrainSettings(**bad)
