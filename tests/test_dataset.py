@@ -100,6 +100,10 @@ def test_paraphrases_come_once_each() -> None:
     found = dataset.generate("paraphrase", 400, seed=0)
     texts = [s.messages[0]["content"] for s in found]
     assert len(texts) == len(set(texts)) == sum(len(p) for p in dataset.PARAPHRASES.values())
+    # Their out-of-domain requests are not the ones training refuses.
+    refused = {s.messages[0]["content"] for s in found if s.category == "refuse"}
+    assert len(refused) >= 10
+    assert not refused & {text for texts in dataset.REFUSALS.values() for text in texts}
 
 
 def valid_arguments(tool: dict[str, Any], arguments: dict[str, Any], heard: str) -> bool:

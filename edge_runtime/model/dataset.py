@@ -445,6 +445,13 @@ PARAPHRASES: dict[str, list[tuple[str, str, dict[str, str]]]] = {
             "multi",
             {"city": "Tokyo", "date": "tomorrow"},
         ),
+        # Out-of-domain requests, none of them a training refusal.
+        ("can you order me a pizza", "refuse", {}),
+        ("what year did the Berlin wall fall", "refuse", {}),
+        ("write an email to my boss saying I'm sick", "refuse", {}),
+        ("how many calories are in an apple", "refuse", {}),
+        ("play some jazz on spotify", "refuse", {}),
+        ("explain quantum computing simply", "refuse", {}),
     ],
     "zh": [
         ("明天去柏林要带伞吗", "weather", {"city": "柏林", "date": "tomorrow"}),
@@ -468,6 +475,12 @@ PARAPHRASES: dict[str, list[tuple[str, str, dict[str, str]]]] = {
         ("让音箱安静下来", "command", {"device": "音箱", "state": "off"}),
         ("记一下：水管工周五来", "note", {"note": "水管工周五来"}),
         ("东京明天天气怎么样，顺便帮我写个提醒", "multi", {"city": "东京", "date": "tomorrow"}),
+        ("帮我点一份披萨", "refuse", {}),
+        ("柏林墙是哪一年倒的", "refuse", {}),
+        ("帮我给老板写封请假邮件", "refuse", {}),
+        ("一个苹果有多少卡路里", "refuse", {}),
+        ("用网易云放点爵士乐", "refuse", {}),
+        ("简单解释一下量子计算", "refuse", {}),
     ],
 }
 
@@ -635,8 +648,7 @@ def _sample(
 ) -> Sample:
     if category == "refuse":
         text = rng.choice(REFUSALS[language])
-        messages = [_user(text), _assistant(ANSWERS[("refuse", language)])]
-        return Sample(language, category, split, messages, {"refuse": True})
+        return _from_slots(rng, language, category, split, text=text, slots={})
     template = rng.choice(_templates(category, language, split))
     city = rng.choice(values.cities)[language]
     area = rng.choice(values.areas)[language]
@@ -683,6 +695,9 @@ def _from_slots(
     text: str,
     slots: Mapping[str, str],
 ) -> Sample:
+    if category == "refuse":
+        messages = [_user(text), _assistant(ANSWERS[("refuse", language)])]
+        return Sample(language, category, split, messages, {"refuse": True})
     if category in ("weather", "multi", "clarify"):
         city, date = slots.get("city", ""), slots.get("date", "today")
         arguments = {"city": city, "date": date}
