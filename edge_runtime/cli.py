@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a small GLM on the assistant dataset (needs the export extra)"
     )
     trainer.add_argument("--out", required=True, type=Path)
-    # Unset options take TrainSettings' defaults: the recipe glm-edge-mini was trained with.
+    # Unset options take TrainSettings' defaults.
     for option, kind, about in (
         ("--seed", int, "random seed (data, weights, order)"),
         ("--minutes", float, "training time, the copy warm-up included"),
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--workers", int, "data-parallel training processes (one per core)"),
         ("--invented-share", float, "share of conversations with made-up names"),
         ("--copy-warmup-steps", int, "steps of copy drills before the conversations"),
+        ("--plain-share", float, "share of the time trained without the tool list"),
     ):
         trainer.add_argument(option, type=kind, help=about)
     evaluate = model_commands.add_parser(
@@ -443,6 +444,7 @@ def _model(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "invented_share": args.invented_share,
             "copy_warmup_steps": args.copy_warmup_steps,
+            "plain_share": args.plain_share,
         }
         try:
             settings = TrainSettings(**{k: v for k, v in given.items() if v is not None})

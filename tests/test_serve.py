@@ -19,7 +19,7 @@ EXE = Path(sys.executable).parent / "edge-runtime"
 def config_for(tmp_path: Path, port: int, coap_port: int, metrics_port: int | None = None) -> Path:
     text = (ROOT / "edge-runtime.toml").read_text()
     text = text.replace("port = 1883", f"port = {port}")
-    text = text.replace('path = "models/glm-tiny"', f'path = "{ROOT / "models" / "glm-tiny"}"')
+    text = text.replace('path = "models/', f'path = "{ROOT / "models"}/')
     text = text.replace('module = "filters/', f'module = "{ROOT / "filters"}/')
     text += f'\n[filter_host]\ncache_dir = "{tmp_path / "cache"}"\n'
     text += f'\n[coap]\nhost = "::1"\nport = {coap_port}\n'

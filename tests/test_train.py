@@ -59,6 +59,7 @@ def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
         log_every_s=0,
         copy_warmup_steps=100,
         workers=1,
+        plain_share=0.0,  # every step with the tool list
     )
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
@@ -86,6 +87,7 @@ def test_two_processes_train_one_model_and_report_as_one(tmp_path: Path) -> None
         log_every_s=0,
         copy_warmup_steps=100,
         workers=2,
+        plain_share=1.0,  # every step without it
     )
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
@@ -122,6 +124,6 @@ def test_copy_drills_repeat_random_tokens_and_learn_the_repeat() -> None:
 
 
 def test_settings_that_cannot_train_are_refused() -> None:
-    for bad in ({"workers": 0}, {"invented_share": 1.5}, {"minutes": 0}):
+    for bad in ({"workers": 0}, {"invented_share": 1.5}, {"plain_share": -0.1}, {"minutes": 0}):
         with pytest.raises(ValueError, match="must be"):
             TrainSettings(**bad)
