@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,19 @@ SHAPE = TinyShape(
     head_dim=16,
     max_positions=1024,
 )
+
+
+def short_run(**chosen: Any) -> TrainSettings:
+    """A few steps of the small shape on a handful of conversations."""
+    return TrainSettings(
+        shape=SHAPE,
+        samples=120,
+        batch_tokens=8192,
+        learning_rate=3e-3,
+        log_every_s=0,
+        copy_warmup_steps=100,
+        **chosen,
+    )
 
 
 def test_the_loss_covers_what_the_assistant_writes(tiny_model: Model) -> None:
@@ -49,18 +63,8 @@ def test_a_short_run_learns_and_saves_a_checkpoint(tmp_path: Path) -> None:
     from edge_runtime.model.tokenizer import ChatTokenizer
 
     log = io.StringIO()
-    settings = TrainSettings(
-        shape=SHAPE,
-        samples=120,
-        max_steps=16,
-        batch_tokens=8192,
-        learning_rate=3e-3,
-        warmup_steps=4,
-        log_every_s=0,
-        copy_warmup_steps=100,
-        workers=1,
-        plain_share=0.0,  # every step with the tool list
-    )
+    # Every step with the tool list, in one process.
+    settings = short_run(max_steps=16, warmup_steps=4, workers=1, plain_share=0.0)
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == 16
@@ -77,18 +81,8 @@ def test_two_processes_train_one_model_and_report_as_one(tmp_path: Path) -> None
     from transformers import GlmForCausalLM
 
     log = io.StringIO()
-    settings = TrainSettings(
-        shape=SHAPE,
-        samples=120,
-        max_steps=6,
-        batch_tokens=8192,
-        learning_rate=3e-3,
-        warmup_steps=2,
-        log_every_s=0,
-        copy_warmup_steps=100,
-        workers=2,
-        plain_share=1.0,  # every step without it
-    )
+    # Every step without the tool list, in two processes.
+    settings = short_run(max_steps=6, warmup_steps=2, workers=2, plain_share=1.0)
     out = train(tmp_path / "ckpt", settings, log)
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == 6 and summary["settings"]["workers"] == 2
