@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 CONFIG ?= edge-runtime.toml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test check lint typecheck bench install clean system-deps install-service \
-	uninstall-service
+.PHONY: run test check lint typecheck bench bench-anchors install clean system-deps \
+	install-service uninstall-service
 
 # Real peers the tests talk to, as tool:Debian-package pairs.
 DEB_TOOLS := mosquitto:mosquitto mosquitto_rr:mosquitto-clients mosquitto_sub:mosquitto-clients \
@@ -27,6 +27,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(STAMP)
+
+# onnxruntime-genai, the reference `bench model` compares against, in an environment of its own:
+# its model builder needs transformers >= 5, which optimum-onnx (the export extra) rules out.
+ANCHORS := .venv-anchors
+ANCHORS_STAMP := $(ANCHORS)/.installed
+GENAI_VERSION ?= 0.18.0
+
+$(ANCHORS_STAMP):
+	$(PYTHON) -m venv $(ANCHORS)
+	$(ANCHORS)/bin/pip install --quiet --upgrade pip
+	$(ANCHORS)/bin/pip install --quiet 'torch==$(TORCH_VERSION)'
+	$(ANCHORS)/bin/pip install --quiet 'onnxruntime-genai==$(GENAI_VERSION)' \
+	  'transformers>=5,<6' onnx onnx-ir
+	touch $@
+
+bench-anchors: $(ANCHORS_STAMP)
 
 run: $(STAMP)
 	$(BIN)/edge-runtime doctor --config $(CONFIG)
@@ -56,7 +72,7 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(ANCHORS_STAMP) system-deps
 	PATH="$$PATH:/usr/sbin" $(BIN)/pytest
 
 lint: $(STAMP)
@@ -68,7 +84,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
+bench: $(STAMP) $(ANCHORS_STAMP)
 	$(BIN)/edge-runtime bench model
 
 # As root: the package in a venv under /opt/edge-runtime, models and filters beside it, the
@@ -81,4 +97,4 @@ uninstall-service:
 	packaging/uninstall.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(ANCHORS) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--profile", help="device profile whose INT8 scheme to use")
     export.add_argument("--keep-fp32", action="store_true", help="also keep model.onnx")
+    export.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="keep optimum's graph as exported (no GroupQueryAttention rewrite)",
+    )
+    optimize = model_commands.add_parser(
+        "optimize", help="rewrite an exported model's graph for CPU inference, in place"
+    )
+    _config_arg(optimize)
+    optimize.add_argument("directory", type=Path, help="model directory (with manifest.json)")
     tiny = model_commands.add_parser("build-tiny", help="build the small GLM for tests")
     tiny.add_argument("--out", required=True, type=Path)
     tiny.add_argument("--seed", type=int, default=0)
@@ -181,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--repeats", type=int, default=3)
     bench_model.add_argument("--threads", type=int, default=0)
     bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
+    bench_model.add_argument(
+        "--long-prompt-tokens", type=int, default=512, help="second prompt for TTFT (0: none)"
+    )
+    bench_model.add_argument(
+        "--concurrency",
+        default="1,4,8",
+        help="requests at once for the aggregate throughput columns (comma-separated)",
+    )
+    bench_model.add_argument(
+        "--anchors-python",
+        type=Path,
+        default=Path(".venv-anchors/bin/python"),
+        help="Python with onnxruntime-genai for its row (make bench-anchors)",
+    )
     bench_model.add_argument(
         "--model",
         type=Path,
@@ -358,7 +383,6 @@ def _feedback_export(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from edge_runtime.device import resolve_settings
-    from edge_runtime.model.generate import stream
     from edge_runtime.model.runtime import load_model
 
     resolved = resolve_settings(args.config or default_config())
@@ -371,6 +395,7 @@ def _generate(args: argparse.Namespace) -> int:
         context_overflow=settings.model.context_overflow,
         allow_spinning=settings.runtime.allow_spinning,
         optimization=settings.runtime.graph_optimization,
+        max_batch=settings.runtime.max_batch,
     )
     overrides: dict[str, Any] = {
         "max_new_tokens": (
@@ -397,7 +422,7 @@ def _generate(args: argparse.Namespace) -> int:
             generation = model.chat(messages, params)
 
         async def emit() -> None:
-            async for delta in stream(generation, model.executor):
+            async for delta in model.stream(generation):
                 sys.stdout.write(delta)
                 sys.stdout.flush()
 
@@ -477,8 +502,20 @@ def _model(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} ({manifest.files[manifest.graph].size / 1e6:.1f} MB graph)")
         return 0
     from edge_runtime.device import resolve_settings
-    from edge_runtime.model.export import export_model
+    from edge_runtime.model.export import export_model, optimize_directory
 
+    if args.model_command == "optimize":
+        resolved = resolve_settings(args.config or default_config())
+        try:
+            optimized = optimize_directory(args.directory, threads=resolved.threads)
+        except EdgeRuntimeError as exc:
+            print(f"edge-runtime: {exc}", file=sys.stderr)
+            return 1
+        if optimized is None:
+            print(f"{args.directory}: already optimized")
+        else:
+            print(f"{args.directory}: {optimized.graph} rewritten; greedy output unchanged")
+        return 0
     resolved = resolve_settings(args.config or default_config(), profile=args.profile)
     quantization = resolved.settings.quantization
     if args.scheme:
@@ -490,6 +527,7 @@ def _model(args: argparse.Namespace) -> int:
         keep_fp32=args.keep_fp32,
         threads=resolved.threads,
         source_label=args.source_label,
+        optimize=args.optimize,
     )
     manifest = export_model(args.model, args.out, options)
     for parity in manifest.parity:
@@ -609,6 +647,9 @@ def _bench(args: argparse.Namespace) -> int:
             new_tokens=args.new_tokens,
             repeats=args.repeats,
             threads=args.threads,
+            long_prompt_tokens=args.long_prompt_tokens,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
+            anchors_python=args.anchors_python,
         )
         out = sys.stderr if args.json else sys.stdout
         if args.model is not None:

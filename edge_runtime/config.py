@@ -42,6 +42,9 @@ class RuntimeSettings(_Section):
     # Spinning burns a core while idle; an edge daemon is idle most of the time.
     allow_spinning: bool = False
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # Sequences decoded together in one step (graphs rewritten by `model export`/`model
+    # optimize`). Each holds a row of the KV cache, preallocated to model.context_length.
+    max_batch: int = Field(4, ge=1, le=64)
 
 
 class QuantizationSettings(_Section):

@@ -128,6 +128,7 @@ class _Daemon:
                 context_overflow=settings.model.context_overflow,
                 allow_spinning=settings.runtime.allow_spinning,
                 optimization=settings.runtime.graph_optimization,
+                max_batch=settings.runtime.max_batch,
             )
             stack.callback(model.close)
             await _warm(model)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_runtime.bench import model_dir
-from edge_runtime.bench.model import ROWS, ModelBenchArgs, model_shape, render, run
+from edge_runtime.bench.model import ROWS, ModelBenchArgs, _runs, model_shape, render, run
 
 NEW_TOKENS = 8
 
@@ -23,7 +25,15 @@ def test_default_shape_is_the_mid_size_glm() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"hidden": 96}, {"new_tokens": 1}, {"repeats": 0}, {"threads": -1}, {"prompt_tokens": 2047}],
+    [
+        {"hidden": 96},
+        {"new_tokens": 1},
+        {"repeats": 0},
+        {"threads": -1},
+        {"prompt_tokens": 2047},
+        {"long_prompt_tokens": 2000},
+        {"concurrency": (0,)},
+    ],
 )
 def test_arguments_are_checked(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -42,6 +52,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         threads=1,
         hidden=128,
         layers=2,
+        long_prompt_tokens=48,
+        concurrency=(1, 3),
     )
     out = io.StringIO()
     measured = run(args, out)
@@ -81,8 +93,46 @@ def test_ratios_are_consistent(result: dict[str, Any]) -> None:
         fp32["decode_tok_s"] / rows["optimum-fp32"]["decode_tok_s"], abs=0.001
     )
     assert fp32["vs_ours_fp32"] == 1.0
-    # The same FP32 graph on the same onnxruntime, one thread: the same greedy tokens.
+    # The same FP32 graph on the same onnxruntime, one thread: the same greedy tokens; and
+    # the rewritten FP32 graph computes what optimum's does.
     assert rows["optimum-fp32"]["same_tokens_as_ours_fp32"] == NEW_TOKENS
+    assert rows["ours-opt-fp32"]["same_tokens_as_ours_fp32"] == NEW_TOKENS
+    assert ratios["opt_int8_vs_int8_decode"] == pytest.approx(
+        rows["ours-opt-int8"]["decode_tok_s"] / int8["decode_tok_s"], abs=0.001
+    )
+
+
+@pytest.mark.export
+def test_every_row_is_compared_with_onnxruntime_genai(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    assert result["skipped"] == {}
+    genai = rows["genai-int8"]
+    assert genai["engine"] == "genai" and genai["vs_genai"]["decode"] == 1.0
+    for name, row in rows.items():
+        versus = row["vs_genai"]
+        assert versus["decode"] == round(row["decode_tok_s"] / genai["decode_tok_s"], 3), name
+        assert versus["ttft_long"] == round(row["ttft_long_ms"] / genai["ttft_long_ms"], 3)
+        assert row["ttft_long_ms"] > 0, name
+
+
+@pytest.mark.export
+def test_concurrent_requests_are_measured_for_ours_and_genai(result: dict[str, Any]) -> None:
+    for name, row in result["rows"].items():
+        concurrent = row["concurrent_tok_s"]
+        if row["engine"] in ("ours", "genai"):
+            assert set(concurrent) == {"1", "3"} and min(concurrent.values()) > 0, name
+            assert row["concurrent_vs_single"]["1"] == 1.0
+            assert row["concurrent_vs_single"]["3"] == round(concurrent["3"] / concurrent["1"], 3)
+        else:
+            assert concurrent == {}, name
+
+
+def test_the_genai_row_needs_its_environment(tmp_path: Path) -> None:
+    assert not _runs(None)
+    assert not _runs(tmp_path / "python")
+    assert _runs(Path(sys.executable)) == (
+        importlib.util.find_spec("onnxruntime_genai") is not None
+    )
 
 
 @pytest.mark.export

@@ -80,6 +80,7 @@ def test_export_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "model_int8.onnx vs onnx-fp32" in done.stdout
-    assert "[6/6] writing manifest.json: done" in done.stderr
+    assert "[7/7] writing manifest.json: done" in done.stderr
+    assert "model.onnx vs onnx-unoptimized: top-1 agreement 100.0%" in done.stderr
     verified = cli("model", "verify", str(out))
     assert verified.returncode == 0, verified.stdout

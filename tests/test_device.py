@@ -375,7 +375,10 @@ def test_every_shipped_profile_validates(profiles: list[Profile]) -> None:
     assert built["aarch64-generic"].quantization.accuracy_level == 4
     pi5, orin = built["raspberry-pi-5"], built["jetson-orin-nano"]
     assert (pi5.runtime.threads, pi5.model.context_length) == (4, 2048)
-    assert (pi5.limits.max_concurrent, pi5.limits.memory_max_mb) == (1, 3072)
+    assert (pi5.limits.max_concurrent, pi5.limits.memory_max_mb) == (2, 3072)
+    # Each profile decodes as many requests together as it lets run at once.
+    for name, settings in built.items():
+        assert settings.runtime.max_batch == settings.limits.max_concurrent, name
     assert pi5.quantization.scheme == "matmul_nbits"
     assert (orin.runtime.threads, orin.model.context_length) == (6, 4096)
     assert (orin.limits.max_concurrent, orin.limits.memory_max_mb) == (2, 5120)

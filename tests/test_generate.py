@@ -48,6 +48,9 @@ class ScriptedDecoder:
     def start(self) -> _State:
         return _State()
 
+    def release(self, state: _State) -> None:
+        pass
+
     def forward(self, state: _State, ids: Sequence[int]) -> np.ndarray:
         step = state.length
         state.length += 1

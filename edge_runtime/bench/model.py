@@ -1,4 +1,4 @@
-"""`bench model`: our decode loop on INT8 and FP32 beside transformers and optimum, in one run."""
+"""`bench model`: our decode loop beside onnxruntime-genai, optimum and transformers, in one run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TextIO
 
 import edge_runtime
@@ -28,7 +29,7 @@ from edge_runtime.model.progress import Progress
 from edge_runtime.model.tiny import TinyShape
 
 # Part of the cache key: bump it when the recipe of the cached model changes.
-RECIPE = 1
+RECIPE = 2
 SEED = 0
 HEAD_DIM = 64
 KV_HEADS = 2
@@ -54,6 +55,12 @@ class ModelBenchArgs:
     threads: int = 0
     hidden: int = 1024
     layers: int = 8
+    # Time to first token is measured at prompt_tokens and at this longer prompt.
+    long_prompt_tokens: int = 512
+    concurrency: tuple[int, ...] = (1, 4, 8)
+    # The Python of the environment onnxruntime-genai is installed in (`make bench-anchors`);
+    # without it the genai row is left out and said so.
+    anchors_python: Path | None = Path(".venv-anchors/bin/python")
 
     def __post_init__(self) -> None:
         if self.hidden <= 0 or self.hidden % (HEAD_DIM * KV_HEADS):
@@ -62,8 +69,10 @@ class ModelBenchArgs:
             raise ValueError("layers, prompt_tokens and repeats must be >= 1, threads >= 0")
         if self.new_tokens < 2:
             raise ValueError("new_tokens must be >= 2 (decode speed needs a second token)")
-        if self.prompt_tokens + self.new_tokens >= MAX_POSITIONS:
+        if max(self.prompt_tokens, self.long_prompt_tokens) + self.new_tokens >= MAX_POSITIONS:
             raise ValueError(f"prompt_tokens + new_tokens must stay below {MAX_POSITIONS}")
+        if self.long_prompt_tokens < 0 or any(c < 1 for c in self.concurrency):
+            raise ValueError("long_prompt_tokens must be >= 0 and concurrency counts >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,10 @@ class Row:
 
 
 ROWS = (
+    Row("genai-int8", "genai", "genai/model.onnx", "INT8 MatMulNBits acc4 (its builder)"),
+    Row("ours-opt-int8", "ours", "opt/model_int8.onnx", "INT8 quantize_dynamic, rewritten"),
+    Row("ours-opt-nbits8", "ours", "opt/model_nbits8.onnx", "INT8 MatMulNBits acc4, rewritten"),
+    Row("ours-opt-fp32", "ours", "opt/model.onnx", "FP32, rewritten"),
     Row("ours-int8", "ours", "onnx/model_int8.onnx", "INT8 quantize_dynamic"),
     Row("ours-nbits8", "ours", "onnx/model_nbits8.onnx", "INT8 MatMulNBits acc4"),
     Row("ours-fp32", "ours", "onnx/model.onnx", "FP32"),
@@ -85,6 +98,7 @@ ROWS = (
     Row("transformers-fp32", "transformers", "hf/model.safetensors", "FP32 eager"),
 )
 BASELINE = "ours-fp32"
+ANCHOR = "genai-int8"
 
 
 def model_shape(hidden: int, layers: int) -> TinyShape:
@@ -107,18 +121,35 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
     threads = args.threads or device.effective_threads
     shape = model_shape(args.hidden, args.layers)
     entry = args.cache_dir / f"glm-h{args.hidden}-l{args.layers}-r{RECIPE}"
-    built = all((entry / row.file).is_file() for row in ROWS)
-    progress = Progress((0 if built else 8) + 1 + len(ROWS))
+    anchors = args.anchors_python if _runs(args.anchors_python) else None
+    skipped = {}
+    if anchors is None:
+        skipped[ANCHOR] = "no onnxruntime-genai environment (make bench-anchors)"
+    rows_run = [row for row in ROWS if row.name not in skipped]
+    built = all((entry / row.file).is_file() for row in rows_run)
+    progress = Progress((0 if built else 11) + 1 + len(rows_run))
     if not built:
-        _build(entry, shape, threads, progress)
-    prompt = prompt_ids(entry / "onnx" / "tokenizer.json", args.prompt_tokens)
+        _build(entry, shape, threads, progress, anchors)
+    tokenizer = entry / "onnx" / "tokenizer.json"
+    prompt = prompt_ids(tokenizer, args.prompt_tokens)
+    long_prompt = prompt_ids(tokenizer, args.long_prompt_tokens) if args.long_prompt_tokens else []
     load = OtherLoad(device.usable_cpus)
     measured: dict[str, dict[str, Any]] = {}
-    for row in ROWS:
+    for row in rows_run:
         path = entry / row.file
         with progress.step(f"measuring {row.name} ({row.weights}, {path.name})"):
-            spec = RowSpec(row.engine, str(path), prompt, args.new_tokens, args.repeats, threads)
-            measured[row.name] = found = _run_row(row.name, spec)
+            spec = RowSpec(
+                row.engine,
+                str(path.parent if row.engine == "genai" else path),
+                prompt,
+                args.new_tokens,
+                args.repeats,
+                threads,
+                long_prompt=long_prompt,
+                concurrency=list(args.concurrency) if row.engine in ("ours", "genai") else [],
+            )
+            python = anchors if row.engine == "genai" and anchors else Path(sys.executable)
+            measured[row.name] = found = _run_row(row.name, spec, python)
             progress.note(
                 f"TTFT {found['ttft_s'] * 1e3:.1f} ms, decode {found['decode_tok_s']:.1f} tok/s, "
                 f"peak RSS {found['peak_rss_bytes'] / _MIB:.0f} MiB"
@@ -133,7 +164,7 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
         )
     rows = {
         row.name: _describe_row(row, entry / row.file, measured[row.name], bandwidth)
-        for row in ROWS
+        for row in rows_run
     }
     _compare(rows, args.new_tokens)
     result = {
@@ -142,6 +173,8 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
         "model": _describe_model(entry, shape),
         "settings": {
             "prompt_tokens": args.prompt_tokens,
+            "long_prompt_tokens": args.long_prompt_tokens,
+            "concurrency": list(args.concurrency),
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
             "threads": threads,
@@ -158,6 +191,7 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
             "array_bytes": size,
         },
         "rows": rows,
+        "skipped": skipped,
         "ratios": _ratios(rows),
         "other_load": load.report(),
     }
@@ -166,10 +200,24 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
     return result
 
 
-def _build(entry: Path, shape: TinyShape, threads: int, progress: Progress) -> None:
-    """The seeded-random checkpoint, its FP32/INT8 export and a MatMulNBits copy, in ``entry``."""
+def _build(
+    entry: Path, shape: TinyShape, threads: int, progress: Progress, anchors: Path | None
+) -> None:
+    """The seeded-random checkpoint and every graph the rows run, in ``entry``.
+
+    ``onnx/``: optimum's graph as exported (FP32, quantize_dynamic, MatMulNBits); ``opt/``: the
+    same graph rewritten by `model optimize`, then quantized both ways; ``genai/``:
+    onnxruntime-genai's builder on the same weights (with ``anchors``, its environment).
+    """
     from edge_runtime.config import QuantizationSettings
-    from edge_runtime.model.export import PARITY_PROMPTS, ExportOptions, export_model, quantize
+    from edge_runtime.model.export import (
+        PARITY_PROMPTS,
+        TOKENIZER_FILES,
+        ExportOptions,
+        export_model,
+        quantize,
+    )
+    from edge_runtime.model.optimize import optimize_graph
     from edge_runtime.model.tiny import make_checkpoint
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -185,20 +233,65 @@ def _build(entry: Path, shape: TinyShape, threads: int, progress: Progress) -> N
             parity_tokens=16,
             name=entry.name,
             source_label=f"bench-model: GlmForCausalLM, random weights (seed {SEED})",
+            optimize=False,
         )
-        export_model(work / "hf", work / "onnx", options, progress)
+        onnx_dir, opt_dir = work / "onnx", work / "opt"
+        export_model(work / "hf", onnx_dir, options, progress)
+        nbits = QuantizationSettings(scheme="matmul_nbits")
         with progress.step("quantizing to INT8 (matmul_nbits) for the extra row"):
-            quantize(
-                work / "onnx" / "model.onnx",
-                work / "onnx" / "model_nbits8.onnx",
-                QuantizationSettings(scheme="matmul_nbits"),
-            )
+            quantize(onnx_dir / "model.onnx", onnx_dir / "model_nbits8.onnx", nbits)
+        with progress.step("rewriting the FP32 graph (GroupQueryAttention, in-place cache)"):
+            opt_dir.mkdir()
+            for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
+                if (onnx_dir / name).is_file():
+                    shutil.copyfile(onnx_dir / name, opt_dir / name)
+            config = SimpleNamespace(**json.loads((onnx_dir / "config.json").read_text()))
+            optimize_graph(onnx_dir / "model.onnx", opt_dir / "model.onnx", config)
+        with progress.step("quantizing the rewritten graph (quantize_dynamic, matmul_nbits)"):
+            quantize(opt_dir / "model.onnx", opt_dir / "model_int8.onnx", QuantizationSettings())
+            quantize(opt_dir / "model.onnx", opt_dir / "model_nbits8.onnx", nbits)
+        if anchors is not None:
+            with progress.step("building onnxruntime-genai's INT8 graph of the same weights"):
+                _build_genai(anchors, work, threads)
         if entry.exists():
             shutil.rmtree(entry)
         work.rename(entry)
     finally:
         if work.exists():
             shutil.rmtree(work)
+
+
+def _build_genai(python: Path, work: Path, threads: int) -> None:
+    """Its builder knows ChatGLM, whose graph GLM's is: a relabelled copy of the checkpoint."""
+    source = work / "hf-chatglm"
+    shutil.copytree(work / "hf", source)
+    config = json.loads((source / "config.json").read_text())
+    config["architectures"] = ["ChatGLMModel"]
+    (source / "config.json").write_text(json.dumps(config, indent=2))
+    command = [str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(source)]
+    command += ["-o", str(work / "genai"), "-p", "int8", "-e", "cpu"]
+    command += ["-c", str(work / "genai-cache"), "--extra_options", "accuracy_level=4"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+        raise EdgeRuntimeError(f"onnxruntime-genai's builder failed:\n{tail}")
+    shutil.rmtree(work / "genai-cache", ignore_errors=True)
+    shutil.rmtree(source)
+    # The same threads as every other row.
+    path = work / "genai" / "genai_config.json"
+    genai = json.loads(path.read_text())
+    options = genai["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    options["inter_op_num_threads"] = 1
+    path.write_text(json.dumps(genai, indent=2))
+
+
+def _runs(python: Path | None) -> bool:
+    """Whether ``python`` exists and can import onnxruntime_genai."""
+    if python is None or not python.is_file():
+        return False
+    check = [str(python), "-c", "import onnxruntime_genai"]
+    return subprocess.run(check, capture_output=True, check=False).returncode == 0
 
 
 def prompt_ids(tokenizer_json: Path, count: int) -> list[int]:
@@ -210,14 +303,14 @@ def prompt_ids(tokenizer_json: Path, count: int) -> list[int]:
     return (piece * (count // len(piece) + 1))[:count]
 
 
-def _run_row(name: str, spec: RowSpec) -> dict[str, Any]:
+def _run_row(name: str, spec: RowSpec, python: Path) -> dict[str, Any]:
     """Measure one row in a fresh interpreter, so each row has its own peak RSS."""
     root = str(Path(edge_runtime.__file__).resolve().parent.parent)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "edge_runtime.bench.model_rows"]
+    command = [str(python), "-m", "edge_runtime.bench.model_rows"]
     command += ["--row", json.dumps(asdict(spec))]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -232,15 +325,20 @@ def _describe_row(
 ) -> dict[str, Any]:
     size = weights_bytes(path)
     ceiling = bandwidth / size
+    long = measured.get("ttft_long_s")
     return {
         "engine": row.engine,
         "weights": row.weights,
         "file": row.file,
         "weights_bytes": size,
         "ttft_ms": round(measured["ttft_s"] * 1e3, 2),
+        "ttft_long_ms": round(long * 1e3, 2) if long is not None else None,
         "decode_tok_s": round(measured["decode_tok_s"], 2),
         "decode_tok_s_min": round(min(measured["decode_tok_s_runs"]), 2),
         "decode_tok_s_max": round(max(measured["decode_tok_s_runs"]), 2),
+        "concurrent_tok_s": {
+            count: round(rate, 2) for count, rate in measured.get("concurrent_tok_s", {}).items()
+        },
         "peak_rss_bytes": measured["peak_rss_bytes"],
         "ceiling_tok_s": round(ceiling, 2),
         "of_ceiling": round(measured["decode_tok_s"] / ceiling, 3),
@@ -249,9 +347,10 @@ def _describe_row(
 
 
 def _compare(rows: dict[str, dict[str, Any]], new_tokens: int) -> None:
-    """Each row's speed relative to our FP32 loop, and how long its greedy output agrees."""
+    """Each row against our FP32 loop and onnxruntime-genai: speed, latency, greedy agreement."""
     base_speed = rows[BASELINE]["decode_tok_s"]
     base_tokens = rows[BASELINE]["tokens"]
+    anchor = rows.get(ANCHOR)
     for name, row in rows.items():
         tokens = row.pop("tokens")
         if len(tokens) != new_tokens:
@@ -262,6 +361,22 @@ def _compare(rows: dict[str, dict[str, Any]], new_tokens: int) -> None:
             agree += 1
         # Random weights give flat logits, so INT8 rows may diverge early; FP32 rows should not.
         row["same_tokens_as_ours_fp32"] = agree
+        concurrent = row["concurrent_tok_s"]
+        single = concurrent.get("1")
+        row["concurrent_vs_single"] = {
+            count: _ratio(rate, single) for count, rate in concurrent.items() if single
+        }
+        if anchor is None:
+            continue
+        row["vs_genai"] = {
+            "decode": _ratio(row["decode_tok_s"], anchor["decode_tok_s"]),
+            "ttft": _ratio(row["ttft_ms"], anchor["ttft_ms"]),
+            "ttft_long": _ratio(row["ttft_long_ms"] or 0, anchor["ttft_long_ms"] or 0),
+            "concurrent": {
+                count: _ratio(rate, anchor["concurrent_tok_s"].get(count, 0))
+                for count, rate in concurrent.items()
+            },
+        }
 
 
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -271,12 +386,19 @@ def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     def size(a: str, b: str) -> float | None:
         return _ratio(rows[a]["weights_bytes"], rows[b]["weights_bytes"])
 
+    def ttft(a: str, b: str) -> float | None:
+        return _ratio(rows[a]["ttft_ms"], rows[b]["ttft_ms"])
+
     return {
+        "opt_int8_vs_int8_decode": speed("ours-opt-int8", "ours-int8"),
+        "opt_nbits8_vs_nbits8_decode": speed("ours-opt-nbits8", "ours-nbits8"),
+        "opt_int8_vs_opt_nbits8_decode": speed("ours-opt-int8", "ours-opt-nbits8"),
+        "opt_int8_vs_int8_ttft": ttft("ours-opt-int8", "ours-int8"),
         "int8_vs_fp32_decode": speed("ours-int8", "ours-fp32"),
         "int8_size_of_fp32": size("ours-int8", "ours-fp32"),
         "nbits8_vs_fp32_decode": speed("ours-nbits8", "ours-fp32"),
         "nbits8_size_of_fp32": size("ours-nbits8", "ours-fp32"),
-        "int8_vs_fp32_ttft": _ratio(rows["ours-int8"]["ttft_ms"], rows["ours-fp32"]["ttft_ms"]),
+        "int8_vs_fp32_ttft": ttft("ours-int8", "ours-fp32"),
         "ours_fp32_vs_optimum_fp32": speed("ours-fp32", "optimum-fp32"),
         "ours_int8_vs_optimum_int8": speed("ours-int8", "optimum-int8"),
         "ours_fp32_vs_transformers_fp32": speed("ours-fp32", "transformers-fp32"),
@@ -347,24 +469,33 @@ def render(result: dict[str, Any]) -> str:
         "ceiling = bandwidth / weights bytes per token",
         "",
     ]
-    headers = ["row", "weights", "size MiB", "TTFT ms", "decode tok/s", "min-max", "vs ours-fp32"]
-    headers += ["ceiling tok/s", "of ceiling", "peak RSS MiB"]
-    body = [
-        [
-            name,
-            row["weights"],
-            f"{row['weights_bytes'] / _MIB:.1f}",
-            f"{row['ttft_ms']:.1f}",
-            f"{row['decode_tok_s']:.1f}",
-            f"{row['decode_tok_s_min']:.0f}-{row['decode_tok_s_max']:.0f}",
-            times(row["vs_ours_fp32"]),
-            f"{row['ceiling_tok_s']:.0f}",
-            percent(row["of_ceiling"]),
-            f"{row['peak_rss_bytes'] / _MIB:.0f}",
-        ]
-        for name, row in result["rows"].items()
-    ]
-    lines += markdown_table(headers, body, left=2)
+    counts = s["concurrency"]
+    long = s["long_prompt_tokens"]
+    headers = ["row", "size MiB", f"TTFT {s['prompt_tokens']} ms", f"TTFT {long} ms"]
+    headers += ["decode tok/s", "min-max", "of ceiling"]
+    headers += [f"{count} at once tok/s" for count in counts]
+    headers += ["peak RSS MiB", "vs genai decode", "vs genai TTFT"]
+    body = []
+    for name, row in result["rows"].items():
+        versus = row.get("vs_genai", {})
+        body.append(
+            [
+                name,
+                f"{row['weights_bytes'] / _MIB:.1f}",
+                f"{row['ttft_ms']:.1f}",
+                _number(row["ttft_long_ms"]),
+                f"{row['decode_tok_s']:.1f}",
+                f"{row['decode_tok_s_min']:.0f}-{row['decode_tok_s_max']:.0f}",
+                percent(row["of_ceiling"]),
+                *[_number(row["concurrent_tok_s"].get(str(count))) for count in counts],
+                f"{row['peak_rss_bytes'] / _MIB:.0f}",
+                times(versus.get("decode")),
+                times(versus.get("ttft")),
+            ]
+        )
+    lines += markdown_table(headers, body, left=1)
+    for name, why in result["skipped"].items():
+        lines += ["", f"{name}: not run: {why}"]
     load = result["other_load"]
     if load["share_of_capacity"] > 0.05:
         lines += [
@@ -374,6 +505,11 @@ def render(result: dict[str, Any]) -> str:
         ]
     lines += [
         "",
+        "Rewritten vs as exported: quantize_dynamic decode "
+        f"{times(ratios['opt_int8_vs_int8_decode'])}, "
+        f"TTFT {times(ratios['opt_int8_vs_int8_ttft'])}; MatMulNBits decode "
+        f"{times(ratios['opt_nbits8_vs_nbits8_decode'])}; rewritten quantize_dynamic vs "
+        f"MatMulNBits decode {times(ratios['opt_int8_vs_opt_nbits8_decode'])}",
         f"INT8 quantize_dynamic vs FP32 (our loop): decode {times(ratios['int8_vs_fp32_decode'])}"
         f", size {percent(ratios['int8_size_of_fp32'])} of FP32",
         f"INT8 MatMulNBits vs FP32 (our loop): decode {times(ratios['nbits8_vs_fp32_decode'])}"
@@ -384,6 +520,10 @@ def render(result: dict[str, Any]) -> str:
         f"INT8 {times(ratios['ours_int8_vs_transformers_fp32'])}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _threads(count: int) -> str:

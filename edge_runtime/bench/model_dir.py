@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +17,7 @@ from edge_runtime.bench.model import (
     ModelBenchArgs,
     Row,
     _describe_row,
+    _number,
     _ratio,
     _run_row,
     _threads,
@@ -53,8 +55,16 @@ def run(args: ModelBenchArgs, directory: Path, out: TextIO) -> dict[str, Any]:
     for row in rows:
         path = directory / row.file
         with progress.step(f"measuring {row.name} ({path.name})"):
-            spec = RowSpec(row.engine, str(path), prompt, args.new_tokens, args.repeats, threads)
-            measured[row.name] = _run_row(row.name, spec)
+            spec = RowSpec(
+                row.engine,
+                str(path),
+                prompt,
+                args.new_tokens,
+                args.repeats,
+                threads,
+                concurrency=list(args.concurrency) if row.engine == "ours" else [],
+            )
+            measured[row.name] = _run_row(row.name, spec, Path(sys.executable))
     with progress.step("measuring memory read bandwidth"):
         size = max(64 * _MIB, min(BANDWIDTH_BYTES, device.memory_available_bytes // 4))
         bandwidth = read_bandwidth(threads, size)
@@ -84,6 +94,7 @@ def run(args: ModelBenchArgs, directory: Path, out: TextIO) -> dict[str, Any]:
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
             "threads": threads,
+            "concurrency": list(args.concurrency),
             "sampling": "greedy, no stop tokens",
         },
         "bandwidth": {"read_gb_s": round(bandwidth / 1e9, 2), "threads": threads},
@@ -107,6 +118,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     headers = ["row", "size MiB", "TTFT ms", "decode tok/s", "min-max", "vs optimum-int8"]
     headers += ["TTFT vs optimum", "of ceiling", "peak RSS MiB"]
+    headers += [f"{count} at once tok/s" for count in s["concurrency"]]
     body = [
         [
             name,
@@ -118,6 +130,7 @@ def render(result: dict[str, Any]) -> str:
             times(row["ttft_vs_optimum_int8"]),
             percent(row["of_ceiling"]),
             f"{row['peak_rss_bytes'] / _MIB:.0f}",
+            *[_number(row["concurrent_tok_s"].get(str(count))) for count in s["concurrency"]],
         ]
         for name, row in result["rows"].items()
     ]

@@ -9,11 +9,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-Engine = Literal["ours", "optimum", "transformers"]
+Engine = Literal["ours", "optimum", "transformers", "genai"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,10 @@ class RowSpec:
     new_tokens: int
     repeats: int
     threads: int
+    # Time to first token is also measured for this longer prompt (if given), and aggregate
+    # throughput for each number of concurrent requests (ours and genai only).
+    long_prompt: list[int] = field(default_factory=list)
+    concurrency: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,9 @@ class _Timing:
     decode_tok_s: float
     decode_tok_s_runs: list[float]
     tokens: list[int]
+    ttft_long_s: float | None = None
+    # Requests at once → generated tokens per second over all of them, prefill included.
+    concurrent_tok_s: dict[str, float] = field(default_factory=dict)
 
 
 def peak_rss_bytes() -> int:
@@ -57,18 +64,34 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     path = Path(spec.path)
     if spec.engine == "ours":
         timing = _time_ours(path, spec)
+    elif spec.engine == "genai":
+        timing = _time_genai(path, spec)
     else:
         load = _load_optimum if spec.engine == "optimum" else _load_transformers
-        timing = _time_generate(_hf_generate(load(path, spec.threads), spec.prompt), spec)
+        model = load(path, spec.threads)
+        timing = _time_generate(_hf_generate(model, spec.prompt), spec)
+        if spec.long_prompt:
+            long = _hf_generate(model, spec.long_prompt)
+            long(1)
+            firsts = []
+            for _ in range(spec.repeats):
+                started = time.perf_counter()
+                long(1)
+                firsts.append(time.perf_counter() - started)
+            timing = replace(timing, ttft_long_s=statistics.median(firsts))
     return {**asdict(timing), "peak_rss_bytes": peak_rss_bytes()}
 
 
 def _time_ours(graph: Path, spec: RowSpec) -> _Timing:
+    """Our Generation on the decoder the daemon would pick for this graph."""
+    import asyncio
+
     from edge_runtime.model.generate import Generation, GenerationParams
     from edge_runtime.model.runtime import (
         GraphLayout,
+        Model,
         ModelConfig,
-        OnnxDecoder,
+        make_decoder,
         open_session,
         session_options,
     )
@@ -79,26 +102,118 @@ def _time_ours(graph: Path, spec: RowSpec) -> _Timing:
     tokenizer = ChatTokenizer.from_directory(graph.parent)
     session = open_session(graph, session_options(spec.threads))
     window = config.max_position_embeddings
-    decoder = OnnxDecoder(session, GraphLayout.of(session, graph), window)
-    params = GenerationParams(max_new_tokens=spec.new_tokens, sampling=SamplingParams())
-    ttfts, rates, tokens = [], [], []
-    for attempt in range(spec.repeats + 1):
+    layout = GraphLayout.of(session, graph)
+    rows = max([1, *spec.concurrency])
+    decoder = make_decoder(session, layout, window, vocab_size=config.vocab_size, max_batch=rows)
+    model = Model(
+        graph.parent,
+        config=config,
+        tokenizer=tokenizer,
+        decoder=decoder,
+        graph=graph,
+        manifest=None,
+        context_length=window,
+    )
+
+    def generation(prompt: list[int], new_tokens: int) -> Generation:
         # No stop ids: random weights may pick an end-of-turn token, and every row must
         # produce exactly new_tokens.
-        generation = Generation(
+        params = GenerationParams(max_new_tokens=new_tokens, sampling=SamplingParams())
+        return Generation(
             decoder,
             tokenizer.stream_decoder(),
-            spec.prompt,
+            prompt,
             params,
             eos_token_ids=(),
             context_length=window,
         )
-        result = generation.run()
+
+    ttfts, rates, longs, tokens = [], [], [], []
+    for attempt in range(spec.repeats + 1):
+        result = generation(spec.prompt, spec.new_tokens).run()
         tokens = list(result.token_ids)
+        if spec.long_prompt:
+            long = generation(spec.long_prompt, 1).run()
         if attempt:
             ttfts.append(result.timing.time_to_first_token_s)
             rates.append(result.decode_tokens_per_s)
-    return _Timing(statistics.median(ttfts), statistics.median(rates), rates, tokens)
+            if spec.long_prompt:
+                longs.append(long.timing.time_to_first_token_s)
+
+    async def together(count: int) -> float:
+        # As the daemon serves them: each request streams through Model.stream.
+        async def one() -> None:
+            async for _ in model.stream(generation(spec.prompt, spec.new_tokens)):
+                pass
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return count * spec.new_tokens / (time.perf_counter() - started)
+
+    concurrent = {
+        str(count): statistics.median(asyncio.run(together(count)) for _ in range(spec.repeats))
+        for count in spec.concurrency
+    }
+    model.close()
+    return _Timing(
+        statistics.median(ttfts),
+        statistics.median(rates),
+        rates,
+        tokens,
+        statistics.median(longs) if longs else None,
+        concurrent,
+    )
+
+
+def _time_genai(directory: Path, spec: RowSpec) -> _Timing:
+    """onnxruntime-genai's own C++ loop on its builder's graph (runs in the anchors venv)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(directory))
+
+    def run(prompt: list[int], new_tokens: int, batch: int = 1) -> tuple[float, float, list[int]]:
+        params = og.GeneratorParams(model)
+        total = len(prompt) + new_tokens
+        # min_length keeps end-of-turn tokens from ending the run early.
+        params.set_search_options(
+            do_sample=False, max_length=total, min_length=total, batch_size=batch
+        )
+        started = time.perf_counter()
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray([prompt] * batch, dtype=np.int32))
+        generator.generate_next_token()
+        first = time.perf_counter()
+        while not generator.is_done():
+            generator.generate_next_token()
+        finished = time.perf_counter()
+        tokens = [int(t) for t in generator.get_sequence(0)[len(prompt) :]]
+        return first - started, finished - first, tokens
+
+    ttfts, rates, longs = [], [], []
+    tokens: list[int] = []
+    for attempt in range(spec.repeats + 1):
+        ttft, decode, tokens = run(spec.prompt, spec.new_tokens)
+        long = run(spec.long_prompt, 1)[0] if spec.long_prompt else 0.0
+        if attempt:
+            ttfts.append(ttft)
+            rates.append((spec.new_tokens - 1) / decode)
+            longs.append(long)
+    concurrent = {}
+    for count in spec.concurrency:
+        runs = []
+        for _ in range(spec.repeats):
+            ttft, decode, _ = run(spec.prompt, spec.new_tokens, count)
+            runs.append(count * spec.new_tokens / (ttft + decode))
+        concurrent[str(count)] = statistics.median(runs)
+    return _Timing(
+        statistics.median(ttfts),
+        statistics.median(rates),
+        rates,
+        tokens,
+        statistics.median(longs) if spec.long_prompt else None,
+        concurrent,
+    )
 
 
 def _time_generate(generate: Callable[[int], list[int]], spec: RowSpec) -> _Timing:

@@ -21,8 +21,15 @@ from edge_runtime.config import QuantizationSettings
 from edge_runtime.errors import ExportError
 from edge_runtime.model.generate import Decoder
 from edge_runtime.model.manifest import Manifest, Parity, Quantization, Source, describe_files
+from edge_runtime.model.optimize import (
+    KV_CACHE_SHARED,
+    LOGITS_LAST,
+    REWRITE_VERSION,
+    RewriteReport,
+    optimize_graph,
+)
 from edge_runtime.model.progress import Progress
-from edge_runtime.model.runtime import GraphLayout, OnnxDecoder, open_session, session_options
+from edge_runtime.model.runtime import GraphLayout, make_decoder, open_session, session_options
 from edge_runtime.model.tokenizer import ChatTokenizer
 
 SUPPORTED_TYPES = ("glm", "glm4")
@@ -47,6 +54,9 @@ PARITY_PROMPTS = (
 )
 
 
+PARITY_TOKENS = 24
+
+
 @dataclass(frozen=True, slots=True)
 class ExportOptions:
     """What `model export` produces."""
@@ -56,9 +66,11 @@ class ExportOptions:
     keep_fp32: bool = False
     threads: int = 2
     parity_prompts: Sequence[str] = PARITY_PROMPTS
-    parity_tokens: int = 24
+    parity_tokens: int = PARITY_TOKENS
     name: str | None = None
     source_label: str | None = None
+    # Rewrite the graph for CPU inference (see optimize.py) before quantizing it.
+    optimize: bool = True
 
 
 def export_model(
@@ -68,7 +80,7 @@ def export_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    steps = 6 if options.quantize == "int8" else 4
+    steps = (6 if options.quantize == "int8" else 4) + (1 if options.optimize else 0)
     progress = progress or Progress(steps)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -105,6 +117,28 @@ def export_model(
             reference = [_torch_greedy(torch_model, p, options.parity_tokens) for p in prompts]
             parity.append(_parity("pytorch", "model.onnx", fp32, prompts, reference))
             progress.note(_describe(parity[-1]))
+        optimization: dict[str, Any] = {}
+        if options.optimize:
+            with progress.step("rewriting the graph for CPU inference (GroupQueryAttention)"):
+                original = Path(tmp) / "original"
+                original.mkdir()
+                for path in fp32_dir.glob("model.onnx*"):
+                    shutil.move(str(path), original / path.name)
+                with _quiet():
+                    report = optimize_graph(
+                        original / "model.onnx",
+                        fp32_graph,
+                        config,
+                        large=_graph_bytes(original / "model.onnx") > TWO_GB,
+                    )
+                unoptimized = fp32
+                fp32 = _decoder(fp32_graph, options.threads, config)
+                reference = [_greedy(unoptimized, p, options.parity_tokens) for p in prompts]
+                parity.append(_parity("onnx-unoptimized", "model.onnx", fp32, prompts, reference))
+                progress.note(f"{report.nodes_before} → {report.nodes_after} nodes")
+                progress.note(_describe(parity[-1]))
+                check_rewrite(parity[-1])
+                optimization = describe_rewrite(report)
         quant: Quantization | None = None
         graph_name = "model.onnx"
         if options.quantize == "int8":
@@ -140,6 +174,7 @@ def export_model(
             files=describe_files(out, names),
             parity=parity,
             tools=_versions(),
+            options={"optimization": optimization} if optimization else {},
         )
         manifest.write(out)
     return manifest
@@ -244,9 +279,13 @@ def _graph_bytes(graph: Path) -> int:
     return sum(p.stat().st_size for p in graph.parent.iterdir() if p.name.startswith(graph.name))
 
 
-def _decoder(graph: Path, threads: int, config: Any) -> OnnxDecoder:
+def _decoder(graph: Path, threads: int, config: Any) -> Decoder:
     session = open_session(graph, session_options(threads))
-    return OnnxDecoder(session, GraphLayout.of(session, graph), config.max_position_embeddings)
+    layout = GraphLayout.of(session, graph)
+    # One row: parity runs one sequence at a time.
+    return make_decoder(
+        session, layout, config.max_position_embeddings, vocab_size=config.vocab_size, max_batch=1
+    )
 
 
 def _greedy(decoder: Decoder, prompt: Sequence[int], count: int) -> list[int]:
@@ -254,19 +293,25 @@ def _greedy(decoder: Decoder, prompt: Sequence[int], count: int) -> list[int]:
     state = decoder.start()
     tokens: list[int] = []
     feed: Sequence[int] = prompt
-    for _ in range(count):
-        token = int(decoder.forward(state, feed).argmax())
-        tokens.append(token)
-        feed = (token,)
+    try:
+        for _ in range(count):
+            token = int(decoder.forward(state, feed).argmax())
+            tokens.append(token)
+            feed = (token,)
+    finally:
+        decoder.release(state)
     return tokens
 
 
 def _teacher_forced(decoder: Decoder, prompt: Sequence[int], tokens: Sequence[int]) -> list[int]:
     """The decoder's argmax at each position of ``tokens``, fed the reference tokens."""
     state = decoder.start()
-    picks = [int(decoder.forward(state, prompt).argmax())]
-    for token in tokens[:-1]:
-        picks.append(int(decoder.forward(state, (token,)).argmax()))
+    try:
+        picks = [int(decoder.forward(state, prompt).argmax())]
+        for token in tokens[:-1]:
+            picks.append(int(decoder.forward(state, (token,)).argmax()))
+    finally:
+        decoder.release(state)
     return picks
 
 
@@ -308,6 +353,95 @@ def _parity(
         top1_agreement=round(agree / total, 4),
         greedy_match=round(same / len(prompts), 4),
     )
+
+
+def optimize_directory(
+    directory: Path, *, threads: int = 2, progress: Progress | None = None
+) -> Manifest | None:
+    """Rewrite the served graph of an exported model directory in place; None if it already is.
+
+    The rewritten graph must give the greedy output of the one it replaces (checked on the
+    parity prompts, recorded in the manifest); until then the directory is left untouched.
+    """
+    import json
+    import os
+    from types import SimpleNamespace
+
+    import onnx
+
+    from edge_runtime.model.manifest import read_manifest, verify_files
+    from edge_runtime.model.optimize import is_optimized
+
+    progress = progress or Progress(3)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest, "size")
+    graph = directory / manifest.graph
+    if is_optimized(onnx.load(str(graph), load_external_data=False)):
+        return None
+    config = SimpleNamespace(**json.loads((directory / "config.json").read_text("utf-8")))
+    tokenizer = ChatTokenizer.from_directory(directory)
+    prompts = [
+        tokenizer.encode_chat([{"role": "user", "content": text}]).ids for text in PARITY_PROMPTS
+    ]
+    large = _graph_bytes(graph) > TWO_GB
+    with tempfile.TemporaryDirectory(prefix="edge-optimize-", dir=directory) as tmp:
+        new = Path(tmp) / manifest.graph
+        with progress.step(f"rewriting {manifest.graph} (GroupQueryAttention)"), _quiet():
+            report = optimize_graph(graph, new, config, large=large)
+            progress.note(f"{report.nodes_before} → {report.nodes_after} nodes")
+        with progress.step("checking the rewritten graph against the original"):
+            old = _decoder(graph, threads, config)
+            reference = [_greedy(old, p, PARITY_TOKENS) for p in prompts]
+            parity = _parity(
+                "onnx-unoptimized",
+                manifest.graph,
+                _decoder(new, threads, config),
+                prompts,
+                reference,
+            )
+            progress.note(_describe(parity))
+            check_rewrite(parity)
+        with progress.step("replacing the graph and updating manifest.json"):
+            names = [p.name for p in Path(tmp).iterdir()]
+            for stale in directory.glob(f"{manifest.graph}*"):
+                if stale.is_file() and stale.name not in names:
+                    stale.unlink()
+            for name in names:
+                os.replace(Path(tmp) / name, directory / name)
+            files = {n: e for n, e in manifest.files.items() if (directory / n).is_file()}
+            files.update(describe_files(directory, names))
+            updated = manifest.model_copy(
+                update={
+                    "files": files,
+                    "parity": [*manifest.parity, parity],
+                    "options": {**manifest.options, "optimization": describe_rewrite(report)},
+                }
+            )
+            updated.write(directory)
+    return updated
+
+
+def check_rewrite(parity: Parity) -> None:
+    """Refuse a rewritten graph that does not compute what the original did."""
+    # Exact arithmetic is not promised (fused kernels sum in another order), so an argmax tie
+    # may flip; anything beyond that is a broken rewrite.
+    if parity.top1_agreement < 0.99:
+        raise ExportError(
+            f"the rewritten graph disagrees with the original: {_describe(parity)}; "
+            "export with --no-optimize and report the model"
+        )
+
+
+def describe_rewrite(report: RewriteReport) -> dict[str, Any]:
+    """The manifest's record of the graph rewrite."""
+    return {
+        "rewrite": REWRITE_VERSION,
+        "attention": "GroupQueryAttention",
+        "kv_cache": KV_CACHE_SHARED,
+        "logits": LOGITS_LAST,
+        "fused_norms": report.fused_norms,
+        "nodes": {"before": report.nodes_before, "after": report.nodes_after},
+    }
 
 
 def _describe(parity: Parity) -> str:

@@ -39,6 +39,10 @@ class Decoder(Protocol):
         """Append ``ids`` to ``state`` and return the logits after the last one."""
         ...
 
+    def release(self, state: DecoderState) -> None:
+        """The sequence is over: free what it holds."""
+        ...
+
 
 class Constraint(Protocol):
     """Limits which tokens may come next (a grammar); None from mask() means any."""
@@ -188,44 +192,48 @@ class Generation:
         emitted = 0
         finish: FinishReason = "length"
         state = self._decoder.start()
-        feed: Sequence[int] = self._prompt
-        cut = None
-        while len(generated) < self._budget:
-            if self._cancel.cancelled:
-                finish = "cancelled"
-                break
-            logits = self._decoder.forward(state, feed)
-            if self._constraint is not None:
-                allowed = self._constraint.mask()
-                if allowed is not None:
-                    if not allowed.any():
-                        # The grammar admits nothing more: the turn is over.
-                        finish = "stop"
-                        break
-                    logits = np.where(allowed, logits, -np.inf).astype(np.float32)
-            token = sampler(logits, seen[:n_seen])
-            if clock.first_token is None:
-                clock.first_token = self._clock()
-            if token in self._stop_ids:
-                finish = "stop"
-                break
-            if self._constraint is not None:
-                self._constraint.advance(token)
-            generated.append(token)
-            seen[n_seen] = token
-            n_seen += 1
-            feed = (token,)
-            text += self._text_decoder.step(token)
-            cut = _find_stop(text, params.stop, emitted)
-            if cut is not None:
-                text = text[:cut]
-                finish = "stop"
-                break
-            # Hold back a tail that could still grow into a stop string.
-            safe = len(text) - _partial_stop(text, params.stop)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
+        try:
+            feed: Sequence[int] = self._prompt
+            cut = None
+            while len(generated) < self._budget:
+                if self._cancel.cancelled:
+                    finish = "cancelled"
+                    break
+                logits = self._decoder.forward(state, feed)
+                if self._constraint is not None:
+                    allowed = self._constraint.mask()
+                    if allowed is not None:
+                        if not allowed.any():
+                            # The grammar admits nothing more: the turn is over.
+                            finish = "stop"
+                            break
+                        logits = np.where(allowed, logits, -np.inf).astype(np.float32)
+                token = sampler(logits, seen[:n_seen])
+                if clock.first_token is None:
+                    clock.first_token = self._clock()
+                if token in self._stop_ids:
+                    finish = "stop"
+                    break
+                if self._constraint is not None:
+                    self._constraint.advance(token)
+                generated.append(token)
+                seen[n_seen] = token
+                n_seen += 1
+                feed = (token,)
+                text += self._text_decoder.step(token)
+                cut = _find_stop(text, params.stop, emitted)
+                if cut is not None:
+                    text = text[:cut]
+                    finish = "stop"
+                    break
+                # Hold back a tail that could still grow into a stop string.
+                safe = len(text) - _partial_stop(text, params.stop)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+        finally:
+            # A batched decoder lends each sequence a row of its cache until it ends.
+            self._decoder.release(state)
         if cut is None:
             # However it ended (EOS, limit, cancel), release what the detokenizer still holds.
             text += self._text_decoder.flush()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from edge_runtime.errors import (
     ModelFormatError,
     RequestError,
 )
+from edge_runtime.model.batch import BatchDecoder
 from edge_runtime.model.constrain import ToolCallConstraint, ToolGrammar, Vocabulary
 from edge_runtime.model.generate import (
     CancelToken,
@@ -26,8 +28,10 @@ from edge_runtime.model.generate import (
     DecoderState,
     Generation,
     GenerationParams,
+    stream,
 )
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
+from edge_runtime.model.optimize import KV_CACHE_KEY, KV_CACHE_SHARED, LOGITS_KEY, LOGITS_LAST
 from edge_runtime.model.sampling import Logits, SamplingParams
 from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer, Message
 
@@ -91,6 +95,8 @@ class GraphLayout:
     has_position_ids: bool
     past_names: tuple[str, ...]
     present_names: tuple[str, ...]
+    # Rewritten by optimize.py: past and present may be one buffer, logits are the last position's.
+    shared_kv: bool = False
 
     @classmethod
     def of(cls, session: ort.InferenceSession, graph: Path) -> GraphLayout:
@@ -128,6 +134,7 @@ class GraphLayout:
             raise ModelFormatError(f"{graph}: {first.name} has symbolic heads or head size")
         if first.type not in _ONNX_FLOAT:
             raise ModelFormatError(f"{graph}: {first.name} has unsupported type {first.type}")
+        metadata = session.get_modelmeta().custom_metadata_map
         return cls(
             layers=layers,
             kv_heads=kv_heads,
@@ -136,6 +143,8 @@ class GraphLayout:
             has_position_ids="position_ids" in inputs,
             past_names=past_names,
             present_names=present_names,
+            shared_kv=metadata.get(KV_CACHE_KEY) == KV_CACHE_SHARED
+            and metadata.get(LOGITS_KEY) == LOGITS_LAST,
         )
 
 
@@ -154,6 +163,9 @@ class OnnxDecoder:
     def start(self) -> _KVState:
         """An empty sequence."""
         return _KVState(past=dict.fromkeys(self.layout.past_names, self._empty))
+
+    def release(self, state: DecoderState) -> None:
+        """Nothing to free: the state's arrays go with it."""
 
     def forward(self, state: DecoderState, ids: Sequence[int]) -> Logits:
         """Run ``ids`` through the graph after ``state``; return the last position's logits.
@@ -186,6 +198,23 @@ class OnnxDecoder:
         state.length = total
         logits: Logits = results[0].numpy()[0, -1]
         return logits
+
+
+AnyDecoder = OnnxDecoder | BatchDecoder
+
+
+def make_decoder(
+    session: ort.InferenceSession,
+    layout: GraphLayout,
+    max_length: int,
+    *,
+    vocab_size: int,
+    max_batch: int = 4,
+) -> AnyDecoder:
+    """The decoder for a graph: in place and batched if it was rewritten, else feed-back."""
+    if layout.shared_kv:
+        return BatchDecoder(session, layout, max_length, rows=max_batch, vocab_size=vocab_size)
+    return OnnxDecoder(session, layout, max_length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +310,7 @@ class Model:
         *,
         config: ModelConfig,
         tokenizer: ChatTokenizer,
-        decoder: OnnxDecoder,
+        decoder: AnyDecoder,
         graph: Path,
         manifest: Manifest | None,
         context_length: int,
@@ -308,12 +337,39 @@ class Model:
         self.eos_token_ids = tuple(
             sorted(set(config.eos_token_ids) | {i for i in turn_ends if i is not None})
         )
-        # One thread owns the session and every KV state: the decode loop is sequential, and
-        # onnxruntime releases the GIL while it runs, so the event loop stays responsive.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        # Generation steps run on these threads (onnxruntime releases the GIL while it runs, so
+        # the event loop stays responsive). The feed-back decoder runs one sequence step at a
+        # time on one thread; the batched decoder needs a thread per sequence waiting for the
+        # step they share, and a spare for the daemon's own calls.
+        # Generation steps run on these threads (onnxruntime releases the GIL while it runs, so
+        # the event loop stays responsive). The feed-back decoder runs one step at a time on
+        # one thread, interleaving the steps of concurrent generations; the batched decoder
+        # needs a thread per sequence waiting for the step they share, and a spare.
+        self.concurrency = decoder.rows if isinstance(decoder, BatchDecoder) else None
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.concurrency + 1 if self.concurrency else 1,
+            thread_name_prefix="onnxruntime",
+        )
+        self._admission: asyncio.Semaphore | None = None
+
+    async def stream(self, generation: Generation) -> AsyncIterator[str]:
+        """Run ``generation`` on the inference threads and yield its deltas.
+
+        With the batched decoder at most ``concurrency`` generations run at once (one per row
+        of its cache); the others wait here, on the event loop, not on an inference thread.
+        """
+        if self.concurrency is None:
+            async for delta in stream(generation, self.executor):
+                yield delta
+            return
+        if self._admission is None:
+            self._admission = asyncio.Semaphore(self.concurrency)
+        async with self._admission:
+            async for delta in stream(generation, self.executor):
+                yield delta
 
     def close(self) -> None:
-        """Stop the inference thread."""
+        """Stop the inference threads."""
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Model:
@@ -426,6 +482,7 @@ def load_model(
     context_overflow: Literal["drop_oldest", "error"] = "drop_oldest",
     allow_spinning: bool = False,
     optimization: str = "all",
+    max_batch: int = 4,
 ) -> Model:
     """Load and check a model directory; every failure names the file at fault."""
     directory = Path(path)
@@ -447,7 +504,9 @@ def load_model(
             f"says the model has {config.vocab_size}; tokenizer and weights do not belong together"
         )
     window = min(context_length or config.max_position_embeddings, config.max_position_embeddings)
-    decoder = OnnxDecoder(session, layout, window)
+    decoder = make_decoder(
+        session, layout, window, vocab_size=config.vocab_size, max_batch=max_batch
+    )
     return Model(
         directory,
         config=config,

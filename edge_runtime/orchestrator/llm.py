@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_runtime.messages import FinishReason, Timing, Usage
-from edge_runtime.model.generate import stream
 from edge_runtime.model.runtime import Model
 
 DeltaSink = Callable[[str], Awaitable[None]]
@@ -105,7 +104,7 @@ class ModelGenerator:
         remaining = None if deadline is None else max(0.0, deadline - self._clock())
         try:
             async with asyncio.timeout(remaining):
-                async for delta in stream(generation, self.model.executor):
+                async for delta in self.model.stream(generation):
                     text.append(delta)
                     if on_delta is not None:
                         await on_delta(delta)

@@ -1,0 +1,258 @@
+"""The graph rewrite (GroupQueryAttention, in-place cache), `model optimize`, batched decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
+
+import onnx
+import pytest
+
+from edge_runtime.cli import main
+from edge_runtime.errors import ContextLengthError, ExportError
+from edge_runtime.model.batch import BatchDecoder
+from edge_runtime.model.export import ExportOptions, export_model
+from edge_runtime.model.generate import Generation, GenerationParams
+from edge_runtime.model.manifest import describe_files, read_manifest, verify_files
+from edge_runtime.model.optimize import AttentionShape, is_optimized, rewrite
+from edge_runtime.model.runtime import Model, OnnxDecoder, load_model
+from edge_runtime.model.tiny import TinyShape, make_checkpoint
+
+SMALL = TinyShape(
+    hidden_size=128, intermediate_size=344, layers=2, heads=4, kv_heads=2, head_dim=32
+)
+PROMPTS = (
+    "What is the humidity in the garage?",
+    "明天上海的天气怎么样？",
+    "Turn off the fan.",
+    "Remind me to water the plants at seven and tell me the weather in Oslo tomorrow.",
+    "打开客厅的灯",
+    "Is the front door locked?",
+)
+NEW_TOKENS = 24
+
+
+def _export(
+    root: Path, model_type: str, *, optimize: bool, quantize: Literal["int8", "none"] = "none"
+) -> Path:
+    checkpoint = root / f"hf-{model_type}"
+    if not checkpoint.exists():
+        make_checkpoint(checkpoint, seed=7, shape=SMALL, model_type=model_type)
+    out = root / f"{model_type}-{quantize}-{'optimized' if optimize else 'plain'}"
+    options = ExportOptions(quantize=quantize, optimize=optimize, parity_tokens=8)
+    export_model(checkpoint, out, options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("optimize")
+    return {
+        f"{kind}-{state}": _export(root, kind, optimize=state == "optimized")
+        for kind in ("glm", "glm4")
+        for state in ("plain", "optimized")
+    }
+
+
+@pytest.fixture(scope="module")
+def optimized(exports: dict[str, Path]) -> Iterator[Model]:
+    with load_model(exports["glm-optimized"], threads=1, max_batch=4) as model:
+        yield model
+
+
+def _prompt(model: Model, text: str) -> list[int]:
+    return model.tokenizer.encode_chat([{"role": "user", "content": text}]).ids
+
+
+def _generation(model: Model, prompt: list[int]) -> Generation:
+    return Generation(
+        model.decoder,
+        model.tokenizer.stream_decoder(),
+        prompt,
+        GenerationParams(max_new_tokens=NEW_TOKENS),
+        eos_token_ids=[],  # every prompt runs the full length
+        context_length=model.context_length,
+    )
+
+
+def _greedy(model: Model, prompt: list[int]) -> tuple[int, ...]:
+    return _generation(model, prompt).run().token_ids
+
+
+@pytest.mark.parametrize("model_type", ["glm", "glm4"])
+def test_rewritten_graph_keeps_greedy_output(exports: dict[str, Path], model_type: str) -> None:
+    plain_dir, new_dir = exports[f"{model_type}-plain"], exports[f"{model_type}-optimized"]
+    with (
+        load_model(plain_dir, threads=1) as plain,
+        load_model(new_dir, threads=1) as new,
+    ):
+        assert isinstance(plain.decoder, OnnxDecoder)
+        assert isinstance(new.decoder, BatchDecoder)
+        for text in PROMPTS:
+            assert _greedy(new, _prompt(new, text)) == _greedy(plain, _prompt(plain, text))
+
+
+def test_rewritten_graph_has_fused_attention(exports: dict[str, Path]) -> None:
+    directory = exports["glm-optimized"]
+    graph = onnx.load(str(directory / "model.onnx"))
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("GroupQueryAttention") == SMALL.layers
+    assert ops.count("SkipSimplifiedLayerNormalization") >= SMALL.layers
+    assert "Softmax" not in ops and "position_ids" not in {i.name for i in graph.graph.input}
+    assert is_optimized(graph)
+    options = read_manifest(directory).options["optimization"]
+    assert options["attention"] == "GroupQueryAttention"
+    assert options["kv_cache"] == "shared_buffer"
+    assert options["nodes"]["after"] * 5 < options["nodes"]["before"]
+    # Unoptimized export: no rewrite recorded, and the graph says so.
+    plain = exports["glm-plain"]
+    assert "optimization" not in read_manifest(plain).options
+    assert not is_optimized(onnx.load(str(plain / "model.onnx")))
+
+
+def test_model_optimize_rewrites_an_int8_export_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = _export(tmp_path, "glm", optimize=False, quantize="int8")
+    before = shutil.copytree(directory, tmp_path / "before")
+    assert main(["model", "optimize", str(directory)]) == 0
+    assert "rewritten; greedy output unchanged" in capsys.readouterr().out
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest, "full")
+    last = manifest.parity[-1]
+    assert (last.reference, last.graph, last.greedy_match) == (
+        "onnx-unoptimized",
+        "model_int8.onnx",
+        1.0,
+    )
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in before.iterdir())
+    with load_model(directory, threads=1) as new, load_model(before, threads=1) as old:
+        assert isinstance(new.decoder, BatchDecoder)
+        for text in PROMPTS[:3]:
+            assert _greedy(new, _prompt(new, text)) == _greedy(old, _prompt(old, text))
+    assert main(["model", "optimize", str(directory)]) == 0
+    assert "already optimized" in capsys.readouterr().out
+
+
+def test_model_optimize_leaves_a_directory_it_cannot_rewrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = _export(tmp_path, "glm", optimize=False)
+    config = json.loads((directory / "config.json").read_text())
+    # A config that does not describe the graph: no layer has projections of these widths.
+    config["num_attention_heads"] = 2
+    (directory / "config.json").write_text(json.dumps(config))
+    manifest = read_manifest(directory)
+    files = {**manifest.files, **describe_files(directory, ["config.json"])}
+    manifest.model_copy(update={"files": files}).write(directory)
+    graph = (directory / "model.onnx").read_bytes()
+    assert main(["model", "optimize", str(directory)]) == 1
+    assert "found attention in layers []" in capsys.readouterr().err
+    assert (directory / "model.onnx").read_bytes() == graph
+    assert [p.name for p in directory.iterdir() if p.name.startswith("edge-optimize")] == []
+
+
+def test_attention_shape_refuses_what_the_kernel_cannot_do() -> None:
+    base = {
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "hidden_size": 128,
+        "partial_rotary_factor": 0.5,
+        "max_position_embeddings": 64,
+    }
+    shape = AttentionShape.of(SimpleNamespace(**base))
+    assert (shape.rotary_dim, shape.kv_heads) == (16, 2)
+    cos, sin = shape.rotary_caches()
+    assert cos.shape == sin.shape == (64, 8)
+    assert cos[0].tolist() == [1.0] * 8
+    with pytest.raises(ExportError, match="multiple of 16"):
+        AttentionShape.of(SimpleNamespace(**{**base, "head_dim": 24}))
+    with pytest.raises(ExportError, match="rope_scaling"):
+        AttentionShape.of(SimpleNamespace(**base, rope_scaling={"rope_type": "yarn"}))
+
+
+def test_rewrite_refuses_a_rewritten_graph(exports: dict[str, Path]) -> None:
+    graph = onnx.load(str(exports["glm-optimized"] / "model.onnx"))
+    config = json.loads((exports["glm-optimized"] / "config.json").read_text())
+    with pytest.raises(ExportError, match="already rewritten"):
+        rewrite(graph, AttentionShape.of(SimpleNamespace(**config)))
+
+
+def _concurrently(model: Model, prompts: list[list[int]]) -> list[tuple[int, ...]]:
+    results: list[tuple[int, ...]] = [() for _ in prompts]
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = _greedy(model, prompts[index])
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_concurrent_sequences_decode_as_they_would_alone(optimized: Model) -> None:
+    prompts = [_prompt(optimized, text) for text in PROMPTS[:4]]
+    alone = [_greedy(optimized, prompt) for prompt in prompts]
+    assert len(set(alone)) > 1  # different prompts, different answers: rows cannot be mixed up
+    assert _concurrently(optimized, prompts) == alone
+    assert optimized.decoder.free_rows == 4
+
+
+def test_more_sequences_than_rows_wait_for_a_row(exports: dict[str, Path]) -> None:
+    with load_model(exports["glm-optimized"], threads=1, max_batch=2) as model:
+        prompts = [_prompt(model, text) for text in PROMPTS]
+        alone = [_greedy(model, prompt) for prompt in prompts]
+        assert _concurrently(model, prompts) == alone
+        assert model.decoder.free_rows == 2
+
+
+def test_a_sequence_that_stops_early_gives_its_row_back(optimized: Model) -> None:
+    generation = _generation(optimized, _prompt(optimized, PROMPTS[0]))
+    next(iter(generation))
+    assert optimized.decoder.free_rows == 3
+    generation.cancel_token.cancel()
+    generation.run()
+    assert generation.result.finish_reason == "cancelled"
+    assert optimized.decoder.free_rows == 4
+
+
+def test_the_cache_bounds_a_sequence(exports: dict[str, Path]) -> None:
+    with load_model(exports["glm-optimized"], threads=1, context_length=32) as model:
+        decoder = model.decoder
+        assert isinstance(decoder, BatchDecoder)
+        state = decoder.start()
+        decoder.forward(state, list(range(3, 30)))
+        with pytest.raises(ContextLengthError, match="the cache holds 32"):
+            decoder.forward(state, list(range(3, 10)))
+        decoder.release(state)
+
+
+def test_streams_beyond_the_batch_wait_on_the_event_loop(exports: dict[str, Path]) -> None:
+    with load_model(exports["glm-optimized"], threads=1, max_batch=2) as model:
+        prompts = [_prompt(model, text) for text in PROMPTS]
+        alone = [_greedy(model, prompt) for prompt in prompts]
+
+        async def one(prompt: list[int]) -> tuple[int, ...]:
+            generation = _generation(model, prompt)
+            async for _ in model.stream(generation):
+                pass
+            return generation.result.token_ids
+
+        async def all_of_them() -> list[tuple[int, ...]]:
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+        assert asyncio.run(all_of_them()) == alone
