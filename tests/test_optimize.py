@@ -98,6 +98,19 @@ def test_rewritten_graph_keeps_greedy_output(exports: dict[str, Path], model_typ
             assert _greedy(new, _prompt(new, text)) == _greedy(plain, _prompt(plain, text))
 
 
+def test_as_many_kv_heads_as_query_heads(tmp_path: Path) -> None:
+    # The three projections are then equally wide: only where they flow tells them apart.
+    shape = TinyShape(hidden_size=128, intermediate_size=344, layers=2, heads=4, kv_heads=4)
+    checkpoint = make_checkpoint(tmp_path / "hf", seed=8, shape=shape)
+    options = ExportOptions(quantize="none", parity_tokens=12)
+    manifest = export_model(checkpoint, tmp_path / "onnx", options)
+    assert [(p.reference, p.top1_agreement) for p in manifest.parity] == [
+        ("pytorch", 1.0),
+        ("onnx-unoptimized", 1.0),
+    ]
+    assert manifest.options["optimization"]["attention"] == "GroupQueryAttention"
+
+
 def test_rewritten_graph_has_fused_attention(exports: dict[str, Path]) -> None:
     directory = exports["glm-optimized"]
     graph = onnx.load(str(directory / "model.onnx"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -164,42 +164,39 @@ class _Graph:
                 return str(consumer.output[0])
         return out
 
-    def reaches(self, start: str, stop: Iterable[str]) -> set[str]:
-        """Which of the ``stop`` names are reachable from ``start`` within its layer.
+    def downstream(self, start: str) -> Iterator[Any]:
+        """Nodes forward from ``start``, breadth first; a path ends at a projection.
 
-        The walk does not pass through projections: what lies beyond the output projection
-        belongs to the next layers.
+        What lies beyond the output projection belongs to the next layers.
         """
-        wanted, found = set(stop), set()
         seen, queue = {start}, deque([start])
         while queue:
-            name = queue.popleft()
-            if name in wanted:
-                found.add(name)
-            for node in self.consumers.get(name, []):
+            for node in self.consumers.get(queue.popleft(), []):
+                yield node
                 if self.projection(node) is not None:
                     continue
                 for out in node.output:
                     if out not in seen:
                         seen.add(out)
                         queue.append(out)
-        return found
+
+    def reaches(self, start: str, stop: Iterable[str]) -> set[str]:
+        """Which of the ``stop`` names are reachable from ``start`` within its layer."""
+        wanted = set(stop)
+        return {
+            out
+            for node in self.downstream(start)
+            if self.projection(node) is None
+            for out in node.output
+            if out in wanted
+        }
 
     def first_projection(self, start: str, rows: int) -> _Projection | None:
         """The first projection forward from ``start`` whose weight has ``rows`` rows."""
-        seen, queue = {start}, deque([start])
-        while queue:
-            name = queue.popleft()
-            for node in self.consumers.get(name, []):
-                found = self.projection(node)
-                if found is not None:
-                    if found.rows == rows:
-                        return found
-                    continue
-                for out in node.output:
-                    if out not in seen:
-                        seen.add(out)
-                        queue.append(out)
+        for node in self.downstream(start):
+            found = self.projection(node)
+            if found is not None and found.rows == rows:
+                return found
         return None
 
 
