@@ -106,6 +106,27 @@ def test_paraphrases_come_once_each() -> None:
     assert not refused & {text for texts in dataset.REFUSALS.values() for text in texts}
 
 
+def test_training_refuses_many_requests_none_of_them_held_out() -> None:
+    found = dataset.generate("train", 6000, seed=0)
+    refused = {s.messages[0]["content"] for s in found if s.category == "refuse"}
+    listed = {text for texts in dataset.REFUSALS.values() for text in texts}
+    # Mostly composed requests: refusing is learned as a kind of request, not a list of them.
+    assert len(refused - listed) > 150
+    held_out = {
+        text
+        for texts in dataset.PARAPHRASES.values()
+        for text, kind, _ in texts
+        if kind == "refuse"
+    }
+    topics = ("pizza", "wall", "email", "calorie", "jazz", "quantum", "披萨", "柏林", "邮件")
+    topics += ("卡路里", "爵士", "量子")
+    assert not refused & held_out
+    assert not [text for text in refused if any(topic in text for topic in topics)]
+    # The template split refuses the listed requests only.
+    template = dataset.generate("heldout_template", 600, seed=0)
+    assert {s.messages[0]["content"] for s in template if s.category == "refuse"} <= listed
+
+
 def valid_arguments(tool: dict[str, Any], arguments: dict[str, Any], heard: str) -> bool:
     schema = tool["parameters"]
     props = schema["properties"]

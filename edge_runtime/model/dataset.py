@@ -329,6 +329,66 @@ REFUSALS: dict[str, list[str]] = {
         "17乘以23等于多少",
     ],
 }
+# Training's out-of-domain requests beyond REFUSALS, composed from a pattern and its fillers, so
+# that refusing is learned as a category, not as a dozen sentences. None touches a topic of the
+# paraphrases' refusals (food orders, history, emails, nutrition, music, physics).
+OFF_TOPIC: dict[str, list[tuple[str, list[str]]]] = {
+    "en": [
+        ("write a {} about {}", ["poem", "story", "song", "haiku", "limerick"]),
+        ("tell me a joke about {}", ["dogs", "teachers", "penguins", "lawyers", "bananas"]),
+        ("what is the capital of {}", ["Canada", "Kenya", "Norway", "Chile", "Vietnam", "Egypt"]),
+        ("translate {} into {}", ["good morning", "thank you", "see you tomorrow", "goodbye"]),
+        ("how do I {}", ["bake bread", "tie a tie", "change a tire", "learn chess", "knit"]),
+        ("recommend a good {}", ["book", "podcast", "restaurant", "video game", "TV show"]),
+        ("what is {} times {}", []),
+        ("help me with my {}", ["essay", "taxes", "resume", "math test", "science project"]),
+        ("who wrote {}", ["Hamlet", "Don Quixote", "War and Peace", "The Odyssey"]),
+        ("what is the {} in the world", ["tallest mountain", "longest river", "biggest desert"]),
+        ("book {} for {}", ["a hotel", "a table", "a taxi", "a train ticket"]),
+        ("give me advice on {}", ["dating", "investing", "running a marathon", "public speaking"]),
+        ("summarize {} for me", ["this article", "the news", "this movie", "the report"]),
+    ],
+    "zh": [
+        ("写一首关于{}的{}", ["秋天", "月亮", "友谊", "咖啡", "冬天"]),
+        ("讲个关于{}的笑话", ["狗", "老师", "企鹅", "律师", "香蕉"]),
+        ("{}的首都是哪里", ["加拿大", "肯尼亚", "挪威", "智利", "越南", "埃及"]),
+        ("把{}翻译成{}", ["早上好", "谢谢", "明天见", "再见"]),
+        ("怎么{}", ["烤面包", "打领带", "换轮胎", "学下棋", "织毛衣"]),
+        ("推荐一{}", ["本好书", "个播客", "家餐厅", "款游戏", "部电视剧"]),
+        ("{}乘以{}等于多少", []),
+        ("帮我改一下我的{}", ["作文", "简历", "报税表", "数学作业", "科学报告"]),
+        ("{}是谁写的", ["哈姆雷特", "堂吉诃德", "战争与和平", "奥德赛"]),
+        ("世界上{}是哪个", ["最高的山", "最长的河", "最大的沙漠"]),
+        ("帮我订{}，{}", ["一间酒店", "一张桌子", "一辆出租车", "一张火车票"]),
+        ("给我一些{}的建议", ["约会", "投资", "跑马拉松", "演讲"]),
+        ("帮我总结一下{}", ["这篇文章", "今天的新闻", "这部电影", "这份报告"]),
+    ],
+}
+_OFF_TOPIC_EXTRA = {
+    "en": {
+        "write a {} about {}": ["the sea", "autumn", "my cat", "a dragon", "the city at night"],
+        "translate {} into {}": ["French", "German", "Spanish", "Japanese", "Italian"],
+        "book {} for {}": ["tonight", "next Friday", "two people", "the weekend"],
+    },
+    "zh": {
+        "写一首关于{}的{}": ["诗", "歌", "短篇故事", "童谣"],
+        "把{}翻译成{}": ["法语", "德语", "西班牙语", "日语", "意大利语"],
+        "帮我订{}，{}": ["今天晚上", "下周五", "两个人", "这个周末"],
+    },
+}
+
+
+def off_topic(rng: random.Random, language: str) -> str:
+    """An out-of-domain request composed from OFF_TOPIC."""
+    pattern, fillers = rng.choice(OFF_TOPIC[language])
+    if not fillers:  # arithmetic
+        return pattern.format(rng.randint(3, 99), rng.randint(3, 99))
+    first = rng.choice(fillers)
+    if pattern.count("{}") == 1:
+        return pattern.format(first)
+    return pattern.format(first, rng.choice(_OFF_TOPIC_EXTRA[language][pattern]))
+
+
 NOTES: dict[str, list[str]] = {
     "en": [
         "the wifi password is tulip42",
@@ -647,7 +707,10 @@ def _sample(
     invented: tuple[float, _Spelling],
 ) -> Sample:
     if category == "refuse":
-        text = rng.choice(REFUSALS[language])
+        # Training also refuses composed requests; the template split keeps REFUSALS, and the
+        # paraphrase split holds requests neither has.
+        composed = split == "train" and rng.random() < 0.75
+        text = off_topic(rng, language) if composed else rng.choice(REFUSALS[language])
         return _from_slots(rng, language, category, split, text=text, slots={})
     template = rng.choice(_templates(category, language, split))
     city = rng.choice(values.cities)[language]
