@@ -118,6 +118,10 @@ def test_rewritten_graph_has_fused_attention(exports: dict[str, Path]) -> None:
     assert ops.count("GroupQueryAttention") == SMALL.layers
     assert ops.count("SkipSimplifiedLayerNormalization") >= SMALL.layers
     assert "Softmax" not in ops and "position_ids" not in {i.name for i in graph.graph.input}
+    # Per layer: one packed q/k/v projection, the output projection, gate/up (halved by one
+    # static Split) and down; then the head. The only Shape left measures the mask.
+    assert ops.count("MatMul") == 4 * SMALL.layers + 1
+    assert ops.count("Split") == SMALL.layers and ops.count("Shape") == 1
     assert is_optimized(graph)
     options = read_manifest(directory).options["optimization"]
     assert options["attention"] == "GroupQueryAttention"

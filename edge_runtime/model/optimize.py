@@ -131,7 +131,7 @@ class _Graph:
             return _Projection(node, attrs["K"], attrs["N"], node, node.output[0])
         if node.op_type not in ("MatMul", "MatMulInteger") or len(node.input) < 2:
             return None
-        weight = self.initializers.get(node.input[1])
+        weight = self.initializer(node.input[1])
         if weight is None or len(weight.dims) != 2:
             return None
         rows, cols = (int(d) for d in weight.dims)
@@ -159,10 +159,23 @@ class _Graph:
             if consumer.op_type != "Add":
                 continue
             for name in consumer.input:
-                init = self.initializers.get(name)
+                init = self.initializer(name)
                 if init is not None and len(init.dims) == 1:
                     return consumer, init
         return None
+
+    def initializer(self, name: str) -> Any | None:
+        """The initializer ``name`` is, seen through Identity nodes.
+
+        optimum stores equal weights once (zero biases, say) and hands the copies out through
+        Identity nodes.
+        """
+        while name not in self.initializers:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return self.initializers[name]
 
     def biased(self, projection: _Projection) -> str:
         """The projection's output: after its bias Add when there is one."""
@@ -320,6 +333,7 @@ def rewrite(model: Any, shape: AttentionShape) -> RewriteReport:
         )
         o_proj.source.input[0] = attended
     _last_position_logits(graph, g)
+    _static_mlp_split(graph, g)
     graph.node.extend(shared + fused)
     _topological_sort(graph)
     _prune(graph)
@@ -400,9 +414,12 @@ def _pack_qkv(graph: Any, g: _Graph, layer: int, projections: list[_Projection])
 
     if any(p.node.op_type != "MatMul" for p in projections):
         return None
-    weights = [numpy_helper.to_array(g.initializers[p.node.input[1]]) for p in projections]
+    found = [g.initializer(p.node.input[1]) for p in projections]
+    weights = [numpy_helper.to_array(w) for w in found if w is not None]
     biases = [_bias_of(g, p) for p in projections]
-    if any(w.dtype != np.float32 for w in weights) or len({b is None for b in biases}) != 1:
+    if len(weights) != 3 or any(w.dtype != np.float32 for w in weights):
+        return None
+    if len({b is None for b in biases}) != 1:
         return None
     name = f"gqa.{layer}.qkv"
     graph.initializer.append(
@@ -427,6 +444,58 @@ def _bias_of(g: _Graph, projection: _Projection) -> np.ndarray[Any, Any] | None:
 
     found = g.bias(projection)
     return np.asarray(numpy_helper.to_array(found[1])) if found else None
+
+
+def _static_mlp_split(graph: Any, g: _Graph) -> None:
+    """Split each fused gate/up projection into its halves with one static Split.
+
+    optimum exports ``gate, up = gate_up.chunk(2, -1)`` as two Slices whose bounds come from a
+    Shape/Gather/Div/Mul chain run every step; the width is known, so one Split does it.
+    """
+    from onnx import helper, numpy_helper
+
+    for projection in list(g.projections.values()):
+        if projection.node.op_type != "MatMul" or projection.cols % 2:
+            continue
+        out = g.biased(projection)
+        slices = [n for n in g.consumers.get(out, []) if n.op_type == "Slice"]
+        others = [n for n in g.consumers.get(out, []) if n.op_type not in ("Slice", "Shape")]
+        if len(slices) != 2 or others:
+            continue
+        starts = [_constant(g, node.input[1]) for node in slices]
+        if 0 not in starts:
+            continue
+        first, second = slices if starts[0] == 0 else slices[::-1]
+        half = projection.cols // 2
+        name = f"{projection.node.name}.split"
+        graph.initializer.append(numpy_helper.from_array(np.array([half, half]), f"{name}.sizes"))
+        graph.node.append(
+            helper.make_node(
+                "Split",
+                [out, f"{name}.sizes"],
+                [first.output[0], second.output[0]],
+                name=name,
+                axis=-1,
+            )
+        )
+        for node in (first, second):
+            node.output[0] = f"{node.output[0]}.unused"
+
+
+def _constant(g: _Graph, name: str) -> int | None:
+    """The single integer a Constant node or initializer holds, if it is one."""
+    from onnx import numpy_helper
+
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Constant":
+        values = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+    elif name in g.initializers:
+        values = [numpy_helper.to_array(g.initializers[name])]
+    else:
+        return None
+    if len(values) != 1 or values[0].size != 1:
+        return None
+    return int(values[0].reshape(-1)[0])
 
 
 def _last_position_logits(graph: Any, g: _Graph) -> None:
