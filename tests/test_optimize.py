@@ -273,3 +273,19 @@ def test_streams_beyond_the_batch_wait_on_the_event_loop(exports: dict[str, Path
             return list(await asyncio.gather(*(one(p) for p in prompts)))
 
         assert asyncio.run(all_of_them()) == alone
+
+
+def test_leaving_a_stream_early_cancels_it_and_frees_its_row(optimized: Model) -> None:
+    generation = _generation(optimized, _prompt(optimized, PROMPTS[1]))
+
+    async def first_delta_then_leave() -> None:
+        async for _ in optimized.stream(generation):
+            break
+        for _ in range(500):  # the generation's thread stops at its next step
+            if optimized.decoder.free_rows == 4:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(first_delta_then_leave())
+    assert optimized.decoder.free_rows == 4
+    assert generation.result.finish_reason == "cancelled"

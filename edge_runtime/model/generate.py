@@ -311,6 +311,55 @@ async def stream(generation: Generation, executor: Executor) -> AsyncIterator[st
                 executor.submit(_drain, iterator)
 
 
+async def stream_through(generation: Generation, executor: Executor) -> AsyncIterator[str]:
+    """Run a whole generation on one ``executor`` thread, handing its deltas to the event loop.
+
+    Unlike stream(), the steps do not wait for the event loop between tokens, so a batched
+    decoder's sequences stay in step with each other however busy the loop is. The thread is
+    held for the whole generation: the caller bounds how many run at once. Leaving the
+    iteration early, or cancelling the consuming task, cancels the generation.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    done = object()
+
+    def send(item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed under a cancelled stream
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            for delta in generation:
+                send(delta)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            send(_Failed(exc))
+        else:
+            send(done)
+
+    finished = False
+    loop.run_in_executor(executor, produce)
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                finished = True
+                return
+            if isinstance(item, _Failed):
+                finished = True
+                raise item.error
+            assert isinstance(item, str)
+            yield item
+    finally:
+        if not finished:
+            # The thread stops at its next step; the generation's result says "cancelled".
+            generation.cancel_token.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
 def _drain(iterator: Iterator[str]) -> None:
     for _ in iterator:
         pass

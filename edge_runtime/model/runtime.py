@@ -29,6 +29,7 @@ from edge_runtime.model.generate import (
     Generation,
     GenerationParams,
     stream,
+    stream_through,
 )
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
 from edge_runtime.model.optimize import KV_CACHE_KEY, KV_CACHE_SHARED, LOGITS_KEY, LOGITS_LAST
@@ -365,7 +366,9 @@ class Model:
         if self._admission is None:
             self._admission = asyncio.Semaphore(self.concurrency)
         async with self._admission:
-            async for delta in stream(generation, self.executor):
+            # Each admitted generation runs on a thread of its own, so the batch's steps never
+            # wait for the event loop.
+            async for delta in stream_through(generation, self.executor):
                 yield delta
 
     def close(self) -> None:
