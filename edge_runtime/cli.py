@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--learning-rate", float, "peak learning rate"),
         ("--workers", int, "data-parallel training processes (one per core)"),
         ("--invented-share", float, "share of conversations with made-up names"),
-        ("--copy-warmup-steps", int, "steps of copy drills before the conversations"),
+        (
+            "--copy-warmup-steps",
+            int,
+            "copy drills before the conversations, at most (they stop once it copies)",
+        ),
         ("--plain-share", float, "share of the time trained without the tool list"),
     ):
         trainer.add_argument(option, type=kind, help=about)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from edge_runtime.model import dataset
 from edge_runtime.model.runtime import Model
 from edge_runtime.model.tiny import TinyShape
-from edge_runtime.model.train import TrainSettings, encode, train
+from edge_runtime.model.train import TrainSettings, _copy_warmup, encode, train
 
 SHAPE = TinyShape(
     vocab_size=1024,
@@ -121,3 +123,25 @@ def test_settings_that_cannot_train_are_refused() -> None:
     for bad in ({"workers": 0}, {"invented_share": 1.5}, {"plain_share": -0.1}, {"minutes": 0}):
         with pytest.raises(ValueError, match="must be"):
             TrainSettings(**bad)
+
+
+class _Drill:
+    """Stands in for _CopyDrill: a fixed loss per step."""
+
+    def __init__(self, loss: float):
+        self.loss, self.steps = loss, 0
+
+    def step(self, network: object, optimizer: object) -> float:
+        self.steps += 1
+        return self.loss
+
+
+def test_copy_warmup_stops_once_the_model_copies() -> None:
+    settings = replace(short_run(), copy_warmup_steps=300)
+    optimizer = SimpleNamespace(param_groups=[{}])
+    copying, stuck = _Drill(0.05), _Drill(3.0)
+    log = io.StringIO()
+    assert _copy_warmup(None, optimizer, copying, settings, log) == 20  # type: ignore[arg-type]
+    assert copying.steps == 20 and "(copying)" in log.getvalue()
+    assert _copy_warmup(None, optimizer, stuck, settings, io.StringIO()) == 300  # type: ignore[arg-type]
+    assert stuck.steps == 300

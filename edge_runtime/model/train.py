@@ -45,8 +45,9 @@ class TrainSettings:
     # Data-parallel training processes; each takes its share of every batch.
     workers: int = 1
     invented_share: float = dataset.INVENTED_SHARE
-    # Steps of copy drills before the first conversation (see _CopyDrill).
-    copy_warmup_steps: int = 400
+    # Steps of copy drills before the first conversation at most (see _CopyDrill); they stop
+    # earlier once the model copies.
+    copy_warmup_steps: int = 1000
     # The share of the training time whose conversations leave out the system block (the tool
     # list, ~950 tokens): with it, the ~100 tokens a copy must be found among are a tenth of what
     # attention spreads over, and the model does not learn to copy (the digits of a forecast
@@ -206,7 +207,9 @@ def _fit(rank: int, world: int, job: _Job, log: _Log) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + settings.minutes * 60
     drill = _CopyDrill(job, rank, world)
-    _copy_warmup(network, optimizer, drill, settings, log if rank == 0 else _Quiet())
+    drilled = _copy_warmup(
+        network, optimizer, drill, settings, log if rank == 0 else _Quiet(), world=world
+    )
     order = random.Random(settings.seed)
     batches = _batches(job.encoded, settings.batch_tokens)
     planned = settings.max_steps or _planned_steps(settings)
@@ -278,6 +281,7 @@ def _fit(rank: int, world: int, job: _Job, log: _Log) -> dict[str, Any]:
             "lr": settings.learning_rate,
             "workers": world,
             "copy_warmup_steps": settings.copy_warmup_steps,
+            "copy_warmup_steps_run": drilled,
             "plain_share": settings.plain_share,
             "invented_share": settings.invented_share,
             "shape": asdict(settings.shape),
@@ -360,21 +364,44 @@ class _CopyDrill:
 
 
 def _copy_warmup(
-    network: Any, optimizer: Any, drill: _CopyDrill, settings: TrainSettings, log: _Log
-) -> None:
-    """Drills of random tokens before the first conversation (see _CopyDrill)."""
+    network: Any,
+    optimizer: Any,
+    drill: _CopyDrill,
+    settings: TrainSettings,
+    log: _Log,
+    *,
+    world: int = 1,
+) -> int:
+    """Drills of random tokens before the first conversation (see _CopyDrill); the steps run.
+
+    They stop once the model copies (the repeat's loss under COPIED_LOSS over the last steps)
+    or after ``copy_warmup_steps``: when the copying sets in varies from run to run (the
+    vocabulary, hence the drills, differ), from 300 steps to over 400.
+    """
     started = time.monotonic()
+    recent: list[float] = []
     for step in range(settings.copy_warmup_steps):
         lr = settings.learning_rate * min(1.0, (step + 1) / max(1, settings.warmup_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = drill.step(network, optimizer)
-        if (step + 1) % 100 == 0:
+        loss, _ = _summed(world, drill.step(network, optimizer), 0)
+        recent = [*recent[-19:], loss]
+        copied = len(recent) == 20 and sum(recent) / 20 < COPIED_LOSS
+        if (step + 1) % 100 == 0 or copied:
             log.write(
                 f"copy warm-up {step + 1}/{settings.copy_warmup_steps}  "
-                f"loss {loss:.3f}  {time.monotonic() - started:.0f} s\n"
+                f"loss {loss:.3f}  {time.monotonic() - started:.0f} s"
+                f"{'  (copying)' if copied else ''}\n"
             )
             log.flush()
+        if copied:
+            return step + 1
+    return settings.copy_warmup_steps
+
+
+# Mean loss on the drills' repeats below which the model copies: a blind guess among the
+# vocabulary costs ln(2,000) ≈ 7.6 nats.
+COPIED_LOSS = 0.2
 
 
 _COPY_BATCH = 16
