@@ -70,7 +70,8 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
             got["slot_accuracy"].append(0.0)
         if expected.get("values"):
             observed = next(i for i, m in enumerate(sample.messages) if m["role"] == "tool")
-            answer = respond(sample.messages[: observed + 1], tools, None)
+            context = sample.messages[: observed + 1]
+            answer = respond(context, tools, _heard(context) if grounded else None)
             got["values_in_answer"].append(float(all(v in answer for v in expected["values"])))
     return {
         language: {

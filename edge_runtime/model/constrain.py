@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -182,12 +182,22 @@ def _property(key: str, spec: Mapping[str, Any], optional: bool) -> _Property:
     return _Property(key, "string", optional=optional, max_bytes=min(limit * 4, 1024))
 
 
-class ToolCallConstraint:
-    """Feeds the generation a mask per step and follows the tokens it picks."""
+class _Follower(Protocol):
+    def mask(self) -> Mask | None: ...
 
-    def __init__(self, grammar: ToolGrammar, vocabulary: Vocabulary):
+    def advance(self, token: int) -> None: ...
+
+
+class ToolCallConstraint:
+    """Feeds the generation a mask per step and follows the tokens it picks.
+
+    ``then`` constrains a plain answer once the turn has become one (see numbers.py).
+    """
+
+    def __init__(self, grammar: ToolGrammar, vocabulary: Vocabulary, then: _Follower | None = None):
         self.grammar = grammar
         self.vocab = vocabulary
+        self.then = then
         self._cache: dict[_State, Mask] = {}
         first: set[_Config] = {("lit", b"\n", 0, ("plain",))}
         for index, name in enumerate(grammar.names):
@@ -202,7 +212,7 @@ class ToolCallConstraint:
     def mask(self) -> Mask | None:
         """Tokens allowed next; None when anything is."""
         if self.free:
-            return None
+            return self.then.mask() if self.then is not None else None
         cached = self._cache.get(self.state)
         if cached is not None:
             return cached
@@ -254,6 +264,8 @@ class ToolCallConstraint:
     def advance(self, token: int) -> None:
         """The model picked ``token``."""
         if self.free:
+            if self.then is not None:
+                self.then.advance(token)
             return
         piece = self.vocab.pieces[token] if token < self.vocab.size else None
         if piece is None:

@@ -32,6 +32,7 @@ from edge_runtime.model.generate import (
     stream_through,
 )
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
+from edge_runtime.model.numbers import NumberConstraint, numbers_in
 from edge_runtime.model.optimize import KV_CACHE_KEY, KV_CACHE_SHARED, LOGITS_KEY, LOGITS_LAST
 from edge_runtime.model.sampling import Logits, SamplingParams
 from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer, Message
@@ -437,18 +438,25 @@ class Model:
 
         With ``tools`` and ``grounding`` (the user's message), a tool call the model writes is
         held to the declared tools and their argument schemas, and strings marked x-grounded
-        to text of the message (see constrain.py).
+        to text of the message (see constrain.py); a plain answer states only numbers of the
+        user's turns and the tools' observations (see numbers.py).
         """
         constraint = None
         if tools and grounding is not None:
-            constraint = self.tool_constraint(tools, grounding)
+            constraint = self.tool_constraint(tools, grounding, numbers_in(messages))
         ids = self.fit(messages, tools=tools)
         return self.generate(ids, params, cancel=cancel, constraint=constraint)
 
     def tool_constraint(
-        self, tools: Sequence[Mapping[str, Any]], grounding: str
+        self,
+        tools: Sequence[Mapping[str, Any]],
+        grounding: str,
+        numbers: frozenset[bytes] | None = None,
     ) -> ToolCallConstraint | None:
-        """The tool-call grammar for one turn; None if the tokenizer has no <|observation|>."""
+        """The tool-call grammar for one turn; None if the tokenizer has no <|observation|>.
+
+        With ``numbers``, a plain answer may state those numbers only.
+        """
         observation = self.tokenizer.token_id("<|observation|>")
         if observation is None:
             return None
@@ -456,7 +464,8 @@ class Model:
             self._vocabulary = Vocabulary.of(
                 self.tokenizer.backend, self.config.vocab_size, observation
             )
-        return ToolCallConstraint(ToolGrammar.of(tools, grounding), self._vocabulary)
+        then = None if numbers is None else NumberConstraint(numbers, self._vocabulary)
+        return ToolCallConstraint(ToolGrammar.of(tools, grounding), self._vocabulary, then)
 
     def fit(
         self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] | None = None
