@@ -293,7 +293,8 @@ class OrchestratorSettings(_Section):
     # Two intents whose confidence differs by less than this ask the user which one was meant.
     ambiguity_margin: float = Field(0.05, ge=0, le=1)
     max_tool_steps: int = Field(4, ge=1, le=32)
-    # Hold model-written tool calls to the declared tools and argument schemas while decoding.
+    # Hold model-written tool calls to the declared tools and argument schemas while decoding,
+    # and the numbers of plain answers to those of the conversation.
     grounded_tool_calls: bool = True
     step_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int = Field(128, ge=1)
