@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import threading
@@ -23,6 +24,7 @@ from edge_runtime.model.manifest import describe_files, read_manifest, verify_fi
 from edge_runtime.model.optimize import AttentionShape, is_optimized, rewrite
 from edge_runtime.model.runtime import Model, OnnxDecoder, load_model
 from edge_runtime.model.tiny import TinyShape, make_checkpoint
+from edge_runtime.model.verify import verify_directory
 
 SMALL = TinyShape(
     hidden_size=128, intermediate_size=344, layers=2, heads=4, kv_heads=2, head_dim=32
@@ -131,6 +133,14 @@ def test_rewritten_graph_has_fused_attention(exports: dict[str, Path]) -> None:
     plain = exports["glm-plain"]
     assert "optimization" not in read_manifest(plain).options
     assert not is_optimized(onnx.load(str(plain / "model.onnx")))
+    # model verify tells the two apart.
+    for path, says in (
+        (directory, "ok   rewritten: GroupQueryAttention"),
+        (plain, "not rewritten"),
+    ):
+        out = io.StringIO()
+        assert verify_directory(path, out) == 0
+        assert says in out.getvalue()
 
 
 def test_model_optimize_rewrites_an_int8_export_in_place(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.batch import BatchDecoder
 from edge_runtime.model.runtime import load_model
 
 
@@ -25,6 +26,14 @@ def verify_directory(directory: Path, out: TextIO, *, threads: int = 1) -> int:
             f"ok   graph {manifest.graph}: {layout.layers} layers, {layout.kv_heads} KV heads "
             f"of {layout.head_dim}, {layout.dtype} cache\n"
         )
+        if isinstance(model.decoder, BatchDecoder):
+            out.write(
+                f"ok   rewritten: GroupQueryAttention, KV cache updated in place "
+                f"({model.decoder.rows} rows of {model.decoder.max_length} positions, "
+                f"{model.decoder.cache_bytes / 2**20:.0f} MiB)\n"
+            )
+        else:
+            out.write("     not rewritten: `edge-runtime model optimize` makes decoding faster\n")
         out.write(
             f"ok   tokenizer: {model.tokenizer.vocab_size} tokens, chat template, "
             f"stops on {list(model.eos_token_ids)}\n"
