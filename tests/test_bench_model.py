@@ -151,7 +151,7 @@ def test_result_is_json_and_renders_a_table(result: dict[str, Any]) -> None:
 def test_a_model_directory_is_measured_beside_optimum() -> None:
     out = io.StringIO()
     root = Path(__file__).resolve().parent.parent
-    args = ModelBenchArgs(json=False, prompt_tokens=8, new_tokens=4, repeats=1)
+    args = ModelBenchArgs(json=False, prompt_tokens=8, new_tokens=16, repeats=1)
     found = model_dir.run(args, root / "models" / "glm-tiny", out)
     rows = found["rows"]
     assert set(rows) == {"ours-int8", "optimum-int8"}
