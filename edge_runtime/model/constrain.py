@@ -64,6 +64,10 @@ class Vocabulary:
     quoted: npt.NDArray[np.int64]
     ids: Mapping[bytes, int]
     longest: int
+    # Tokens with a digit or a dot (the only ones a number constraint looks at one by one), and
+    # special tokens: computed once per model, not per request.
+    numeric: Mask
+    special: Mask
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, size: int, observation: int) -> Vocabulary:
@@ -90,7 +94,24 @@ class Vocabulary:
         quoted = np.array([i for i, p in enumerate(pieces) if p and b'"' in p], dtype=np.int64)
         ids = {p: i for i, p in enumerate(pieces) if p}
         longest = max((len(p) for p in ids), default=1)
-        return cls(tuple(pieces), size, observation, plain, lengths, by_first, quoted, ids, longest)
+        numeric = np.array(
+            [p is not None and any(48 <= b <= 57 or b == 46 for b in p) for p in pieces],
+            dtype=np.bool_,
+        )
+        unprintable = np.array([p is None for p in pieces], dtype=np.bool_)
+        return cls(
+            tuple(pieces),
+            size,
+            observation,
+            plain,
+            lengths,
+            by_first,
+            quoted,
+            ids,
+            longest,
+            numeric,
+            unprintable,
+        )
 
 
 @dataclass(frozen=True)

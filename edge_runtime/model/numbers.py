@@ -45,13 +45,9 @@ class NumberConstraint:
         self.vocab = vocabulary
         self.state: _State = ("text", b"")
         self._cache: dict[_State, Mask] = {}
-        pieces = vocabulary.pieces
         # Only tokens with a digit or a dot can start, extend or need to close a number.
-        self._numeric = np.array(
-            [p is not None and any(b in _DIGITS or b == _DOT for b in p) for p in pieces],
-            dtype=np.bool_,
-        )
-        self._special = np.array([p is None for p in pieces], dtype=np.bool_)
+        self._numeric = vocabulary.numeric
+        self._special = vocabulary.special
 
     def mask(self) -> Mask | None:
         """Tokens allowed next."""
