@@ -518,7 +518,11 @@ def _model(args: argparse.Namespace) -> int:
         if optimized is None:
             print(f"{args.directory}: already optimized")
         else:
-            print(f"{args.directory}: {optimized.graph} rewritten; greedy output unchanged")
+            rewrite = optimized.options["optimization"]["rewrite"]
+            print(
+                f"{args.directory}: {optimized.graph} rewritten (rewrite {rewrite}); "
+                "greedy output unchanged"
+            )
         return 0
     resolved = resolve_settings(args.config or default_config(), profile=args.profile)
     quantization = resolved.settings.quantization

@@ -10,8 +10,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import onnx
 import pytest
 
@@ -121,13 +122,16 @@ def test_rewritten_graph_has_fused_attention(exports: dict[str, Path]) -> None:
     assert ops.count("SkipSimplifiedLayerNormalization") >= SMALL.layers
     assert "Softmax" not in ops and "position_ids" not in {i.name for i in graph.graph.input}
     # Per layer: one packed q/k/v projection, the output projection, gate/up (halved by one
-    # static Split) and down; then the head. The only Shape left measures the mask.
+    # static Split) and down; then the head, on each row's last position. The only Shapes
+    # left measure the mask and the new tokens.
     assert ops.count("MatMul") == 4 * SMALL.layers + 1
-    assert ops.count("Split") == SMALL.layers and ops.count("Shape") == 1
+    assert ops.count("Split") == SMALL.layers and ops.count("Shape") == 2
+    assert ops.count("GatherND") == 1 and "Slice" not in ops
     assert is_optimized(graph)
     options = read_manifest(directory).options["optimization"]
     assert options["attention"] == "GroupQueryAttention"
     assert options["kv_cache"] == "shared_buffer"
+    assert (options["rewrite"], options["logits"]) == ("2", "last_position_per_row")
     assert options["nodes"]["after"] * 5 < options["nodes"]["before"]
     # Unoptimized export: no rewrite recorded, and the graph says so.
     plain = exports["glm-plain"]
@@ -149,7 +153,7 @@ def test_model_optimize_rewrites_an_int8_export_in_place(
     directory = _export(tmp_path, "glm", optimize=False, quantize="int8")
     before = shutil.copytree(directory, tmp_path / "before")
     assert main(["model", "optimize", str(directory)]) == 0
-    assert "rewritten; greedy output unchanged" in capsys.readouterr().out
+    assert "rewritten (rewrite 2); greedy output unchanged" in capsys.readouterr().out
     manifest = read_manifest(directory)
     verify_files(directory, manifest, "full")
     last = manifest.parity[-1]
@@ -299,3 +303,134 @@ def test_leaving_a_stream_early_cancels_it_and_frees_its_row(optimized: Model) -
     asyncio.run(first_delta_then_leave())
     assert optimized.decoder.free_rows == 4
     assert generation.result.finish_reason == "cancelled"
+
+
+def _spy_runs(decoder: BatchDecoder) -> list[tuple[int, int]]:
+    """Record the (rows, tokens) shape of every run the decoder makes."""
+    shapes: list[tuple[int, int]] = []
+    run = decoder._run
+
+    def spy(binding: Any, ids: np.ndarray[Any, Any], mask: np.ndarray[Any, Any]) -> None:
+        shapes.append(ids.shape)
+        run(binding, ids, mask)
+
+    decoder._run = spy  # type: ignore[method-assign]
+    return shapes
+
+
+def _prefill_together(
+    model: Model, prompts: list[list[int]]
+) -> tuple[list[tuple[int, int]], list[np.ndarray[Any, Any]]]:
+    """Prefill ``prompts`` from as many threads into adjacent rows; the runs and the logits."""
+    assert isinstance(model.decoder, BatchDecoder)
+    # A long gather window: every prompt is waiting before the first run starts.
+    decoder = BatchDecoder(
+        model.decoder.session,
+        model.decoder.layout,
+        model.context_length,
+        rows=len(prompts),
+        vocab_size=model.config.vocab_size,
+        gather_s=30.0,
+    )
+    shapes = _spy_runs(decoder)
+    rows = [decoder.start() for _ in prompts]
+    logits: list[np.ndarray[Any, Any]] = [np.empty(0) for _ in prompts]
+
+    def prefill(i: int) -> None:
+        logits[i] = decoder.forward(rows[i], prompts[i])
+
+    threads = [threading.Thread(target=prefill, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [row.length for row in rows] == [len(p) for p in prompts]
+    return shapes, logits
+
+
+def test_prompts_of_adjacent_rows_are_prefilled_together(optimized: Model) -> None:
+    prompts = [_prompt(optimized, text) for text in PROMPTS[:4]]
+    assert len({len(p) for p in prompts}) > 1  # right padding is exercised
+    shapes, logits = _prefill_together(optimized, prompts)
+    assert shapes == [(4, max(len(p) for p in prompts))]
+    for prompt, got in zip(prompts, logits, strict=True):
+        alone = optimized.decoder.start()
+        try:
+            np.testing.assert_allclose(got, optimized.decoder.forward(alone, prompt), atol=1e-4)
+        finally:
+            optimized.decoder.release(alone)
+    # And each row decodes from there as it would have alone.
+    assert _concurrently(optimized, prompts) == [_greedy(optimized, p) for p in prompts]
+
+
+def _as_rewrite_1(path: Path) -> None:
+    """Turn a graph of the current rewrite back into what rewrite 1 wrote: a Slice to the
+    batch's last position before the head instead of each row's own."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    gather = next(n for n in graph.node if n.op_type == "GatherND")
+    head_input = next(n for n in graph.node if n.name == "lm_head.last_position").output[0]
+    keep = [n for n in graph.node if not any(o.startswith("lm_head.") for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), "lm_head.slice_start"),
+            onnx.numpy_helper.from_array(np.array([2**62], dtype=np.int64), "lm_head.slice_end"),
+        ]
+    )
+    graph.node.append(
+        onnx.helper.make_node(
+            "Slice",
+            [gather.input[0], "lm_head.slice_start", "lm_head.slice_end", "gqa.axis_1"],
+            [head_input],
+            name="lm_head.last_position",
+        )
+    )
+    for prop in model.metadata_props:
+        if prop.key == "edge_runtime.logits":
+            prop.value = "last_position"
+        elif prop.key == "edge_runtime.optimized":
+            prop.value = "1"
+    onnx.save(model, str(path))
+
+
+def test_model_optimize_upgrades_an_older_rewrite(
+    exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = shutil.copytree(exports["glm-optimized"], tmp_path / "old")
+    _as_rewrite_1(directory / "model.onnx")
+    manifest = read_manifest(directory)
+    files = {**manifest.files, **describe_files(directory, ["model.onnx"])}
+    manifest.model_copy(update={"files": files}).write(directory)
+    assert not is_optimized(onnx.load(str(directory / "model.onnx")))
+    said = io.StringIO()
+    assert verify_directory(directory, said) == 0
+    assert "an older rewrite: `edge-runtime model optimize` upgrades it" in said.getvalue()
+    with load_model(directory, threads=1) as old:
+        # Rewrite 1 batches only prompts of one length: others are prefilled one by one.
+        assert isinstance(old.decoder, BatchDecoder) and not old.decoder.layout.ragged_prefill
+        prompts = [_prompt(old, text) for text in ("Turn off the fan.", "Turn on the fan.")]
+        prompts.append(_prompt(old, PROMPTS[0]))
+        assert len(prompts[0]) == len(prompts[1]) != len(prompts[2])
+        shapes, _ = _prefill_together(old, prompts)
+        assert shapes == [(2, len(prompts[0])), (1, len(prompts[2]))]
+        before = [_greedy(old, _prompt(old, text)) for text in PROMPTS[:3]]
+
+    assert main(["model", "optimize", str(directory)]) == 0
+    printed = capsys.readouterr()
+    assert "model.onnx rewritten (rewrite 2); greedy output unchanged" in printed.out
+    assert "upgrading model.onnx from rewrite 1 to 2" in printed.err
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest, "full")
+    assert (manifest.parity[-1].reference, manifest.parity[-1].greedy_match) == (
+        "onnx-rewrite-1",
+        1.0,
+    )
+    assert manifest.options["optimization"]["rewrite"] == "2"
+    assert manifest.options["optimization"]["logits"] == "last_position_per_row"
+    with load_model(directory, threads=1) as new:
+        assert isinstance(new.decoder, BatchDecoder) and new.decoder.layout.ragged_prefill
+        assert [_greedy(new, _prompt(new, text)) for text in PROMPTS[:3]] == before
+        shapes, _ = _prefill_together(new, prompts)
+        assert shapes == [(3, len(prompts[2]))]

@@ -3,13 +3,15 @@
 It drives graphs rewritten by optimize.py, whose GroupQueryAttention nodes write each step's keys
 and values into the cache they read from, when past and present are bound to the same buffer.
 The cache is one ``[rows, kv_heads, context, head_dim]`` array per key and value per layer; each
-sequence owns a row. A prompt is prefilled alone into its row (a contiguous view of the arrays),
-and then every sequence that wants its next token waits briefly for the others: one batched step
-serves them all (continuous batching: a new sequence joins the running batch at the next step).
+sequence owns a row. Every sequence that wants to run waits briefly for the others, and then one
+run serves them all (continuous batching: a new sequence joins the running batch at the next
+step). Prompts go first: the prompts of adjacent rows are prefilled together, right-padded into
+a contiguous view of the arrays; then one step decodes the next token of every other sequence.
 
 Decode is bound by reading the weights, and a step of 4 rows reads them once, so 4 concurrent
-sequences cost little more than one. Rows are right-padded: each row's own length goes to
-GroupQueryAttention through the attention mask, which also sets its rotary positions.
+sequences cost little more than one; a short prompt's prefill is too. Rows are right-padded:
+each row's own length goes to GroupQueryAttention through the attention mask, which also sets
+its rotary positions, and the graph takes each row's logits at its own last position.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from edge_runtime.model.sampling import Logits
 # How long a sequence ready for its next step waits for the others of the batch. A step of a
 # small model takes a few milliseconds; the others are usually sampling their last token.
 GATHER_S = 0.002
+# Prompts prefilled together hold at most this many tokens, padding included: beyond it the
+# activations grow large, and a long prefill is bound by arithmetic, which batching does not save.
+PREFILL_BATCH_TOKENS = 2048
 
 
 @dataclass(eq=False)
@@ -44,9 +49,14 @@ class Row:
 @dataclass(eq=False)
 class _Request:
     row: Row
-    token: int
+    ids: Sequence[int]
     logits: Logits | None = None
     error: BaseException | None = None
+
+    @property
+    def prompt(self) -> bool:
+        """A first prefill (an empty row), as opposed to a decode step."""
+        return self.row.length == 0
 
 
 @dataclass
@@ -70,6 +80,7 @@ class BatchDecoder:
         rows: int = 4,
         vocab_size: int,
         gather_s: float = GATHER_S,
+        prefill_tokens: int = PREFILL_BATCH_TOKENS,
     ):
         if rows < 1:
             raise ValueError("rows must be at least 1")
@@ -79,6 +90,10 @@ class BatchDecoder:
         self.rows = rows
         self._vocab = vocab_size
         self._gather_s = gather_s
+        self._prefill_tokens = prefill_tokens
+        # A graph of rewrite 1 takes the logits at the batch's last position: its prompts can
+        # share a prefill only when they are equally long.
+        self._ragged = bool(getattr(layout, "ragged_prefill", False))
         shape = (rows, layout.kv_heads, max_length, layout.head_dim)
         self._cache = [np.zeros(shape, dtype=layout.dtype) for _ in layout.past_names]
         self._bindings: dict[tuple[int, int], _Binding] = {}
@@ -134,9 +149,9 @@ class BatchDecoder:
             raise ContextLengthError(
                 f"sequence of {state.length + len(ids)} tokens; the cache holds {self.max_length}"
             )
-        if state.length == 0 or len(ids) > 1:
-            return self._prefill(state, ids)
-        request = _Request(state, ids[0])
+        if state.length > 0 and len(ids) > 1:
+            return self._extend(state, ids)
+        request = _Request(state, ids)
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
@@ -150,7 +165,8 @@ class BatchDecoder:
         assert request.logits is not None
         return request.logits
 
-    def _prefill(self, row: Row, ids: Sequence[int]) -> Logits:
+    def _extend(self, row: Row, ids: Sequence[int]) -> Logits:
+        """Several tokens after a filled row (forced by a constraint): a run of its own."""
         with self._cond:
             while self._busy:
                 self._cond.wait()
@@ -178,15 +194,24 @@ class BatchDecoder:
             self._cond.wait(left)
         self._leading = False
         if self._busy:
-            return  # a prefill slipped in; wait for it like everyone else
-        batch, self._pending = self._pending, []
-        taking = {request.row.index for request in batch}
-        # Read under the lock: rows may start or end while the step runs.
-        between = {r.index: r.length for r in self._active if r.index not in taking}
+            return  # an extension slipped in; wait for it like everyone else
+        prompts = [request for request in self._pending if request.prompt]
+        if prompts:
+            # Prompts first: a new sequence's first token is the latency its user sees.
+            batch = self._prompt_group(prompts)
+            self._pending = [request for request in self._pending if request not in batch]
+        else:
+            batch, self._pending = self._pending, []
+            taking = {request.row.index for request in batch}
+            # Read under the lock: rows may start or end while the step runs.
+            between = {r.index: r.length for r in self._active if r.index not in taking}
         self._busy = True
         self._cond.release()
         try:
-            self._step(batch, between)
+            if prompts:
+                self._prefill(batch)
+            else:
+                self._step(batch, between)
         except BaseException as exc:  # every waiter must wake, whatever happened
             for request in batch:
                 request.error = exc
@@ -194,6 +219,38 @@ class BatchDecoder:
             self._cond.acquire()
             self._busy = False
             self._cond.notify_all()
+
+    def _prompt_group(self, prompts: list[_Request]) -> list[_Request]:
+        """The prompts of the lowest adjacent rows that fit one prefill run."""
+        prompts = sorted(prompts, key=lambda request: request.row.index)
+        group = prompts[:1]
+        for request in prompts[1:]:
+            if request.row.index != group[-1].row.index + 1:
+                break
+            if not self._ragged and len(request.ids) != len(group[0].ids):
+                break
+            lengths = [len(r.ids) for r in (*group, request)]
+            padded = len(lengths) * max(lengths)
+            # Padding is computed like real tokens: do not let it double the work.
+            if padded > self._prefill_tokens or padded > 2 * sum(lengths):
+                break
+            group.append(request)
+        return group
+
+    def _prefill(self, group: list[_Request]) -> None:
+        """Prefill the prompts of adjacent empty rows in one run, right-padded."""
+        lo = group[0].row.index
+        width = max(len(request.ids) for request in group)
+        ids = np.zeros((len(group), width), dtype=np.int64)
+        mask = np.zeros((len(group), width), dtype=np.int64)
+        for i, request in enumerate(group):
+            ids[i, : len(request.ids)] = request.ids
+            mask[i, : len(request.ids)] = 1
+        binding = self._binding(lo, lo + len(group))
+        self._run(binding, ids, mask)
+        for i, request in enumerate(group):
+            request.row.length = len(request.ids)
+            request.logits = binding.logits[i, -1].copy()
 
     def _step(self, batch: list[_Request], between: dict[int, int]) -> None:
         """One decode step for ``batch``; ``between`` holds the lengths of the other rows."""
@@ -204,7 +261,7 @@ class BatchDecoder:
         for index in range(lo, hi):
             request = rows.get(index)
             if request is not None:
-                ids[index - lo, 0] = request.token
+                ids[index - lo, 0] = request.ids[0]
                 lengths[index - lo] = request.row.length + 1
             elif between.get(index, self.max_length) < self.max_length:
                 # A sequence between steps: its row computes a throwaway token into the slot

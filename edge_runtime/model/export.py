@@ -10,7 +10,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -23,7 +23,7 @@ from edge_runtime.model.generate import Decoder
 from edge_runtime.model.manifest import Manifest, Parity, Quantization, Source, describe_files
 from edge_runtime.model.optimize import (
     KV_CACHE_SHARED,
-    LOGITS_LAST,
+    LOGITS_LAST_PER_ROW,
     REWRITE_VERSION,
     RewriteReport,
     optimize_graph,
@@ -360,8 +360,9 @@ def optimize_directory(
 ) -> Manifest | None:
     """Rewrite the served graph of an exported model directory in place; None if it already is.
 
-    The rewritten graph must give the greedy output of the one it replaces (checked on the
-    parity prompts, recorded in the manifest); until then the directory is left untouched.
+    A graph of an older rewrite is upgraded to the current one. The new graph must give the
+    greedy output of the one it replaces (checked on the parity prompts, recorded in the
+    manifest); until then the directory is left untouched.
     """
     import json
     import os
@@ -370,13 +371,14 @@ def optimize_directory(
     import onnx
 
     from edge_runtime.model.manifest import read_manifest, verify_files
-    from edge_runtime.model.optimize import is_optimized
+    from edge_runtime.model.optimize import rewrite_version
 
     progress = progress or Progress(3)
     manifest = read_manifest(directory)
     verify_files(directory, manifest, "size")
     graph = directory / manifest.graph
-    if is_optimized(onnx.load(str(graph), load_external_data=False)):
+    version = rewrite_version(onnx.load(str(graph), load_external_data=False))
+    if version == REWRITE_VERSION:
         return None
     config = SimpleNamespace(**json.loads((directory / "config.json").read_text("utf-8")))
     tokenizer = ChatTokenizer.from_directory(directory)
@@ -386,14 +388,19 @@ def optimize_directory(
     large = _graph_bytes(graph) > TWO_GB
     with tempfile.TemporaryDirectory(prefix="edge-optimize-", dir=directory) as tmp:
         new = Path(tmp) / manifest.graph
-        with progress.step(f"rewriting {manifest.graph} (GroupQueryAttention)"), _quiet():
+        doing = (
+            f"upgrading {manifest.graph} from rewrite {version} to {REWRITE_VERSION}"
+            if version
+            else f"rewriting {manifest.graph} (GroupQueryAttention)"
+        )
+        with progress.step(doing), _quiet():
             report = optimize_graph(graph, new, config, large=large)
             progress.note(f"{report.nodes_before} → {report.nodes_after} nodes")
         with progress.step("checking the rewritten graph against the original"):
             old = _decoder(graph, threads, config)
             reference = [_greedy(old, p, PARITY_TOKENS) for p in prompts]
             parity = _parity(
-                "onnx-unoptimized",
+                f"onnx-rewrite-{version}" if version else "onnx-unoptimized",
                 manifest.graph,
                 _decoder(new, threads, config),
                 prompts,
@@ -414,7 +421,12 @@ def optimize_directory(
                 update={
                     "files": files,
                     "parity": [*manifest.parity, parity],
-                    "options": {**manifest.options, "optimization": describe_rewrite(report)},
+                    "options": {
+                        **manifest.options,
+                        "optimization": describe_rewrite(
+                            report, manifest.options.get("optimization") if version else None
+                        ),
+                    },
                 }
             )
             updated.write(directory)
@@ -432,13 +444,19 @@ def check_rewrite(parity: Parity) -> None:
         )
 
 
-def describe_rewrite(report: RewriteReport) -> dict[str, Any]:
-    """The manifest's record of the graph rewrite."""
+def describe_rewrite(
+    report: RewriteReport, upgraded: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest's record of the graph rewrite; ``upgraded`` is the older one's record."""
+    if upgraded is not None:
+        # An upgrade changes the head only: the older record's node counts still describe
+        # the rewrite from optimum's graph.
+        return {**upgraded, "rewrite": REWRITE_VERSION, "logits": LOGITS_LAST_PER_ROW}
     return {
         "rewrite": REWRITE_VERSION,
         "attention": "GroupQueryAttention",
         "kv_cache": KV_CACHE_SHARED,
-        "logits": LOGITS_LAST,
+        "logits": LOGITS_LAST_PER_ROW,
         "fused_norms": report.fused_norms,
         "nodes": {"before": report.nodes_before, "after": report.nodes_after},
     }

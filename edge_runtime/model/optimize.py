@@ -6,7 +6,8 @@ token). The rewrite replaces each layer's attention with one ``com.microsoft.Gro
 node that applies GLM's partial interleaved rotary embedding itself and writes the new keys and
 values in place into a cache preallocated to the context length; then onnxruntime's transformer
 optimizer fuses the RMS norms and residual adds (``SkipSimplifiedLayerNormalization``); and the
-language-model head runs on the last position only.
+language-model head runs on each row's last real position only, so a batch of right-padded
+prompts can be prefilled in one run.
 
 Nodes are found by what they compute (weights and graph outputs), not by exported names, so the
 rewrite holds for ``glm`` and ``glm4`` of any size, with or without projection biases. The graph
@@ -31,9 +32,12 @@ from edge_runtime.errors import ExportError
 KV_CACHE_KEY = "edge_runtime.kv_cache"
 KV_CACHE_SHARED = "shared_buffer"
 LOGITS_KEY = "edge_runtime.logits"
+# Rewrite 1: the last position of the batch, so every row of a prompt batch must be as long.
 LOGITS_LAST = "last_position"
+# Rewrite 2: each row's last real position, found from the attention mask.
+LOGITS_LAST_PER_ROW = "last_position_per_row"
 OPTIMIZED_KEY = "edge_runtime.optimized"
-REWRITE_VERSION = "1"
+REWRITE_VERSION = "2"
 _MS = "com.microsoft"
 _QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits"})
 
@@ -341,7 +345,7 @@ def rewrite(model: Any, shape: AttentionShape) -> RewriteReport:
         model.opset_import.append(helper.make_opsetid(_MS, 1))
     for key, val in (
         (KV_CACHE_KEY, KV_CACHE_SHARED),
-        (LOGITS_KEY, LOGITS_LAST),
+        (LOGITS_KEY, LOGITS_LAST_PER_ROW),
         (OPTIMIZED_KEY, REWRITE_VERSION),
     ):
         entry = model.metadata_props.add()
@@ -355,15 +359,23 @@ def optimize_graph(source: Path, out: Path, config: Any, *, large: bool = False)
     ``config`` is the model's transformers config (or its config.json as a namespace);
     ``large`` writes the weights as external data, as graphs over 2 GB must be. The norms are
     fused in float graphs only: in a quantize_dynamic graph the fused kernel's rounding would
-    reach the next activation quantization and change tokens.
+    reach the next activation quantization and change tokens. A graph of an older rewrite is
+    upgraded to this one.
     """
     import onnx
 
     shape = AttentionShape.of(config)
     model = onnx.load(str(source))
-    report = rewrite(model, shape)
-    quantized = any(node.op_type in _QUANTIZED_OPS for node in model.graph.node)
-    fused = model if quantized else _fuse_norms(model, int(config.hidden_size), shape.heads)
+    version = rewrite_version(model)
+    if version == REWRITE_VERSION:
+        raise ExportError(f"{source} is already rewritten (rewrite {version})")
+    if version is not None:
+        report = upgrade(model)
+        fused = model
+    else:
+        report = rewrite(model, shape)
+        quantized = any(node.op_type in _QUANTIZED_OPS for node in model.graph.node)
+        fused = model if quantized else _fuse_norms(model, int(config.hidden_size), shape.heads)
     onnx.save(
         fused,
         str(out),
@@ -375,8 +387,8 @@ def optimize_graph(source: Path, out: Path, config: Any, *, large: bool = False)
 
 
 def is_optimized(model: Any) -> bool:
-    """Whether an onnx ModelProto went through this rewrite."""
-    return any(p.key == OPTIMIZED_KEY for p in model.metadata_props)
+    """Whether an onnx ModelProto went through the current version of this rewrite."""
+    return rewrite_version(model) == REWRITE_VERSION
 
 
 def _fuse_norms(model: Any, hidden: int, heads: int) -> Any:
@@ -499,35 +511,87 @@ def _constant(g: _Graph, name: str) -> int | None:
 
 
 def _last_position_logits(graph: Any, g: _Graph) -> None:
-    """Slice the hidden states to the last position before the language-model head.
+    """Point the language-model head at each row's last real position.
 
-    At prefill this skips the head for every prompt position but the last (for a 151k-token
+    At prefill this skips the head for every other prompt position (for a 151k-token
     vocabulary, a [1, S, 151552] tensor); a decode step has one position anyway.
     """
-    from onnx import numpy_helper
-
     heads = [p for p in g.projections.values() if p.output == "logits"]
     if len(heads) != 1:
         raise ExportError("logits is not produced by a weight MatMul (the language-model head)")
     head = heads[0].source
-    graph.initializer.extend(
+    head.input[0] = _gather_last_positions(graph, head.input[0])
+
+
+def _gather_last_positions(graph: Any, hidden: str) -> str:
+    """Nodes taking ``hidden`` [B, S, H] to [B, 1, H] at each row's last real position.
+
+    Rows are right-padded, so a row whose mask holds ``n`` ones and which brings ``S`` new
+    tokens over a mask ``T`` wide ends at ``n - 1 - (T - S)``: the last prompt token at a
+    first prefill, ``S - 1`` for a single sequence, and below 0 (clipped to 0) for the shorter
+    rows of a decode step, whose one position is the only one.
+    """
+    from onnx import helper, numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "lm_head.zero"))
+    out = "lm_head.last_position"
+    graph.node.extend(
         [
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), "lm_head.slice_start"),
-            numpy_helper.from_array(np.array([2**62], dtype=np.int64), "lm_head.slice_end"),
+            helper.make_node("Shape", ["input_ids"], ["lm_head.ids_shape"]),
+            helper.make_node(
+                "Gather", ["lm_head.ids_shape", "gqa.one_scalar"], ["lm_head.new"], axis=0
+            ),
+            helper.make_node("Add", ["gqa.seqlens_64", "lm_head.new"], ["lm_head.end"]),
+            helper.make_node("Sub", ["lm_head.end", "gqa.total_64"], ["lm_head.offset"]),
+            helper.make_node("Max", ["lm_head.offset", "lm_head.zero"], ["lm_head.index_1d"]),
+            helper.make_node("Unsqueeze", ["lm_head.index_1d", "gqa.axis_1"], ["lm_head.index"]),
+            helper.make_node("GatherND", [hidden, "lm_head.index"], ["lm_head.rows"], batch_dims=1),
+            helper.make_node("Unsqueeze", ["lm_head.rows", "gqa.axis_1"], [out], name=out),
         ]
     )
-    from onnx import helper
+    return out
 
-    last = "lm_head.last_position"
-    graph.node.append(
-        helper.make_node(
-            "Slice",
-            [head.input[0], "lm_head.slice_start", "lm_head.slice_end", "gqa.axis_1"],
-            [last],
-            name="lm_head.last_position",
-        )
-    )
-    head.input[0] = last
+
+def rewrite_version(model: Any) -> str | None:
+    """Which version of this rewrite an onnx ModelProto went through, if any."""
+    for prop in model.metadata_props:
+        if prop.key == OPTIMIZED_KEY:
+            return str(prop.value)
+    return None
+
+
+def upgrade(model: Any) -> RewriteReport:
+    """Bring a graph of rewrite 1 up to the current one, in place.
+
+    Rewrite 1 sliced the batch's last position before the head; the head now gathers each
+    row's own last position, which lets the runtime prefill prompts of different lengths
+    together. Nothing else changed between them.
+    """
+    graph = model.graph
+    version = rewrite_version(model)
+    if version != "1":
+        raise ExportError(f"cannot upgrade a graph of rewrite {version!r} to {REWRITE_VERSION}")
+    before = len(graph.node)
+    slices = [n for n in graph.node if n.op_type == "Slice" and "lm_head.slice_start" in n.input]
+    if len(slices) != 1:
+        raise ExportError("rewrite 1 graph without its last-position Slice before the head")
+    old = slices[0]
+    new = _gather_last_positions(graph, old.input[0])
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old.output[0]:
+                node.input[i] = new
+    graph.node.remove(old)
+    _topological_sort(graph)
+    _prune(graph)
+    for prop in model.metadata_props:
+        if prop.key == LOGITS_KEY:
+            prop.value = LOGITS_LAST_PER_ROW
+        elif prop.key == OPTIMIZED_KEY:
+            prop.value = REWRITE_VERSION
+    layers = sum(1 for n in graph.node if n.op_type == "GroupQueryAttention")
+    norms = _count_norms(model)
+    return RewriteReport(layers, before, len(graph.node), norms)
 
 
 def _prune(graph: Any) -> None:

@@ -33,7 +33,13 @@ from edge_runtime.model.generate import (
 )
 from edge_runtime.model.manifest import Manifest, read_manifest, verify_files
 from edge_runtime.model.numbers import NumberConstraint, numbers_in
-from edge_runtime.model.optimize import KV_CACHE_KEY, KV_CACHE_SHARED, LOGITS_KEY, LOGITS_LAST
+from edge_runtime.model.optimize import (
+    KV_CACHE_KEY,
+    KV_CACHE_SHARED,
+    LOGITS_KEY,
+    LOGITS_LAST,
+    LOGITS_LAST_PER_ROW,
+)
 from edge_runtime.model.sampling import Logits, SamplingParams
 from edge_runtime.model.tokenizer import GLM_TURN_END_TOKENS, ChatTokenizer, Message
 
@@ -99,6 +105,9 @@ class GraphLayout:
     present_names: tuple[str, ...]
     # Rewritten by optimize.py: past and present may be one buffer, logits are the last position's.
     shared_kv: bool = False
+    # Rewrite 2 on: the logits are each row's last real position, so prompts of different
+    # lengths can be prefilled together, right-padded.
+    ragged_prefill: bool = False
 
     @classmethod
     def of(cls, session: ort.InferenceSession, graph: Path) -> GraphLayout:
@@ -137,6 +146,7 @@ class GraphLayout:
         if first.type not in _ONNX_FLOAT:
             raise ModelFormatError(f"{graph}: {first.name} has unsupported type {first.type}")
         metadata = session.get_modelmeta().custom_metadata_map
+        logits = metadata.get(LOGITS_KEY)
         return cls(
             layers=layers,
             kv_heads=kv_heads,
@@ -146,7 +156,8 @@ class GraphLayout:
             past_names=past_names,
             present_names=present_names,
             shared_kv=metadata.get(KV_CACHE_KEY) == KV_CACHE_SHARED
-            and metadata.get(LOGITS_KEY) == LOGITS_LAST,
+            and logits in (LOGITS_LAST, LOGITS_LAST_PER_ROW),
+            ragged_prefill=logits == LOGITS_LAST_PER_ROW,
         )
 
 

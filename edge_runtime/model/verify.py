@@ -32,6 +32,11 @@ def verify_directory(directory: Path, out: TextIO, *, threads: int = 1) -> int:
                 f"({model.decoder.rows} rows of {model.decoder.max_length} positions, "
                 f"{model.decoder.cache_bytes / 2**20:.0f} MiB)\n"
             )
+            if not layout.ragged_prefill:
+                out.write(
+                    "     an older rewrite: `edge-runtime model optimize` upgrades it to prefill "
+                    "prompts of different lengths together\n"
+                )
         else:
             out.write("     not rewritten: `edge-runtime model optimize` makes decoding faster\n")
         out.write(
