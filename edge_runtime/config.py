@@ -39,8 +39,10 @@ class RuntimeSettings(_Section):
 
     # 0 means the physical cores we may use (affinity and cgroup quota included).
     threads: int = Field(0, ge=0)
-    # Spinning burns a core while idle; an edge daemon is idle most of the time.
-    allow_spinning: bool = False
+    # onnxruntime's worker threads spin between kernels instead of sleeping: a decode step is
+    # a hundred short kernels, and waking a sleeping thread for each costs more than it
+    # computes. They stop spinning about 50 ms after the last run, so an idle daemon uses no CPU.
+    allow_spinning: bool = True
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     # Sequences decoded together in one step (graphs rewritten by `model export`/`model
     # optimize`). Each holds a row of the KV cache, preallocated to model.context_length.

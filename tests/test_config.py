@@ -108,3 +108,20 @@ def test_config_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"a = '\xff'\n")
     with pytest.raises(ConfigError, match="bad.toml: not UTF-8"):
         load_settings(path)
+
+
+def test_inference_threads_spin_unless_told_not_to(tmp_path: Path) -> None:
+    from edge_runtime.model.runtime import session_options
+
+    def spinning(allow: bool) -> str:
+        options = session_options(2, allow_spinning=allow)
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    # onnxruntime-genai's default too: a decode step is a hundred short kernels.
+    assert load_settings(None).runtime.allow_spinning is True
+    assert (
+        spinning(True) == "1"
+        and session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    )
+    quiet = load_settings(write(tmp_path, "[runtime]\nallow_spinning = false\n"))
+    assert spinning(quiet.runtime.allow_spinning) == "0"

@@ -60,7 +60,7 @@ Verify = Literal["full", "size", "off"]
 
 
 def session_options(
-    threads: int, *, allow_spinning: bool = False, optimization: str = "all"
+    threads: int, *, allow_spinning: bool = True, optimization: str = "all"
 ) -> ort.SessionOptions:
     """Session options for one decoder on a small box."""
     options = ort.SessionOptions()
@@ -503,7 +503,7 @@ def load_model(
     verify: Verify = "full",
     context_length: int | None = None,
     context_overflow: Literal["drop_oldest", "error"] = "drop_oldest",
-    allow_spinning: bool = False,
+    allow_spinning: bool = True,
     optimization: str = "all",
     max_batch: int = 4,
 ) -> Model:
