@@ -121,8 +121,12 @@ def test_concurrent_requests_are_measured_for_ours_and_genai(result: dict[str, A
         concurrent = row["concurrent_tok_s"]
         if row["engine"] in ("ours", "genai"):
             assert set(concurrent) == {"1", "3"} and min(concurrent.values()) > 0, name
-            assert row["concurrent_vs_single"]["1"] == 1.0
-            assert row["concurrent_vs_single"]["3"] == round(concurrent["3"] / concurrent["1"], 3)
+            paired = row["concurrent_vs_single"]
+            assert paired["1"] == 1.0 and set(paired) == {"1", "3"}, name
+            # Each round's own ratio, so not the ratio of the medians; 3 requests batched
+            # cannot be slower than one, nor more than 3 times its throughput by much.
+            assert 0.5 < paired["3"] < 4, name
+            assert f"{name} 1: 1.00x, 3: {paired['3']:.2f}x" in render(result)
         else:
             assert concurrent == {}, name
 

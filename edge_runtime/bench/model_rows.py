@@ -43,6 +43,31 @@ class _Timing:
     ttft_long_s: float | None = None
     # Requests at once → generated tokens per second over all of them, prefill included.
     concurrent_tok_s: dict[str, float] = field(default_factory=dict)
+    # Requests at once → the median over rounds of that round's throughput over its own
+    # single-request throughput: each round runs every count in turn, so a ratio compares
+    # figures taken a few seconds apart, not minutes (this box's speed drifts).
+    concurrent_vs_single: dict[str, float] = field(default_factory=dict)
+
+
+def _rounds(measure: Callable[[int], float], counts: Sequence[int], repeats: int) -> _Timing:
+    """Throughput for each count of concurrent requests, the counts interleaved round by round."""
+    runs: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(repeats):
+        for count in counts:
+            runs[count].append(measure(count))
+    paired = {}
+    if 1 in runs:
+        for count, rates in runs.items():
+            ratios = [rate / one for rate, one in zip(rates, runs[1], strict=True) if one]
+            paired[str(count)] = statistics.median(ratios) if ratios else 0.0
+    return _Timing(
+        0.0,
+        0.0,
+        [],
+        [],
+        concurrent_tok_s={str(c): statistics.median(rates) for c, rates in runs.items()},
+        concurrent_vs_single=paired,
+    )
 
 
 def peak_rss_bytes() -> int:
@@ -150,18 +175,15 @@ def _time_ours(graph: Path, spec: RowSpec) -> _Timing:
         await asyncio.gather(*(one() for _ in range(count)))
         return count * spec.new_tokens / (time.perf_counter() - started)
 
-    concurrent = {
-        str(count): statistics.median(asyncio.run(together(count)) for _ in range(spec.repeats))
-        for count in spec.concurrency
-    }
+    concurrent = _rounds(lambda count: asyncio.run(together(count)), spec.concurrency, spec.repeats)
     model.close()
-    return _Timing(
-        statistics.median(ttfts),
-        statistics.median(rates),
-        rates,
-        tokens,
-        statistics.median(longs) if longs else None,
+    return replace(
         concurrent,
+        ttft_s=statistics.median(ttfts),
+        decode_tok_s=statistics.median(rates),
+        decode_tok_s_runs=rates,
+        tokens=tokens,
+        ttft_long_s=statistics.median(longs) if longs else None,
     )
 
 
@@ -199,20 +221,19 @@ def _time_genai(directory: Path, spec: RowSpec) -> _Timing:
             ttfts.append(ttft)
             rates.append((spec.new_tokens - 1) / decode)
             longs.append(long)
-    concurrent = {}
-    for count in spec.concurrency:
-        runs = []
-        for _ in range(spec.repeats):
-            ttft, decode, _ = run(spec.prompt, spec.new_tokens, count)
-            runs.append(count * spec.new_tokens / (ttft + decode))
-        concurrent[str(count)] = statistics.median(runs)
-    return _Timing(
-        statistics.median(ttfts),
-        statistics.median(rates),
-        rates,
-        tokens,
-        statistics.median(longs) if spec.long_prompt else None,
+
+    def together(count: int) -> float:
+        ttft, decode, _ = run(spec.prompt, spec.new_tokens, count)
+        return count * spec.new_tokens / (ttft + decode)
+
+    concurrent = _rounds(together, spec.concurrency, spec.repeats)
+    return replace(
         concurrent,
+        ttft_s=statistics.median(ttfts),
+        decode_tok_s=statistics.median(rates),
+        decode_tok_s_runs=rates,
+        tokens=tokens,
+        ttft_long_s=statistics.median(longs) if spec.long_prompt else None,
     )
 
 
