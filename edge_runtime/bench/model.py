@@ -25,6 +25,7 @@ from edge_runtime.bench.model_rows import Engine, RowSpec
 from edge_runtime.bench.report import markdown_table, percent, times
 from edge_runtime.device import probe
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.optimize import REWRITE_VERSION
 from edge_runtime.model.progress import Progress
 from edge_runtime.model.tiny import TinyShape
 
@@ -120,7 +121,8 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
     device = probe()
     threads = args.threads or device.effective_threads
     shape = model_shape(args.hidden, args.layers)
-    entry = args.cache_dir / f"glm-h{args.hidden}-l{args.layers}-r{RECIPE}"
+    # The rewrite's version too: the cached opt/ graphs are rewritten by it.
+    entry = args.cache_dir / f"glm-h{args.hidden}-l{args.layers}-r{RECIPE}-w{REWRITE_VERSION}"
     anchors = args.anchors_python if _runs(args.anchors_python) else None
     skipped = {}
     if anchors is None:
