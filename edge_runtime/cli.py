@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--new-tokens", type=int, default=64)
     bench_model.add_argument("--prompt-tokens", type=int, default=64)
     bench_model.add_argument("--repeats", type=int, default=3)
+    bench_model.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="run every row this many times, each pass in the reverse order of the last",
+    )
     bench_model.add_argument("--threads", type=int, default=0)
     bench_model.add_argument("--cache-dir", type=Path, default=Path(".cache/bench-model"))
     bench_model.add_argument(
@@ -654,6 +660,7 @@ def _bench(args: argparse.Namespace) -> int:
             prompt_tokens=args.prompt_tokens,
             new_tokens=args.new_tokens,
             repeats=args.repeats,
+            passes=args.passes,
             threads=args.threads,
             long_prompt_tokens=args.long_prompt_tokens,
             concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,16 @@ from typing import Any
 import pytest
 
 from edge_runtime.bench import model_dir
-from edge_runtime.bench.model import ROWS, ModelBenchArgs, _runs, model_shape, render, run
+from edge_runtime.bench.model import (
+    ROWS,
+    ModelBenchArgs,
+    _runs,
+    merge_passes,
+    model_shape,
+    render,
+    run,
+)
+from edge_runtime.errors import EdgeRuntimeError
 
 NEW_TOKENS = 8
 
@@ -33,11 +43,36 @@ def test_default_shape_is_the_mid_size_glm() -> None:
         {"prompt_tokens": 2047},
         {"long_prompt_tokens": 2000},
         {"concurrency": (0,)},
+        {"passes": 0},
     ],
 )
 def test_arguments_are_checked(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ModelBenchArgs(json=True, **overrides)
+
+
+def test_passes_merge_into_one_row() -> None:
+    def measured(ttft: float, runs: list[float], rss: int, four: float) -> dict[str, Any]:
+        return {
+            "ttft_s": ttft,
+            "ttft_long_s": None,
+            "decode_tok_s": statistics.median(runs),
+            "decode_tok_s_runs": runs,
+            "tokens": [1, 2, 3],
+            "concurrent_tok_s": {"1": 10.0, "4": four},
+            "concurrent_vs_single": {"1": 1.0, "4": four / 10},
+            "peak_rss_bytes": rss,
+        }
+
+    merged = merge_passes([measured(0.02, [100, 110, 90], 5, 30), measured(0.04, [50, 60], 7, 34)])
+    # Every repeat of both passes counts for decode; the passes' own medians for the rest.
+    assert merged["decode_tok_s"] == 90 and merged["decode_tok_s_runs"] == [100, 110, 90, 50, 60]
+    assert merged["ttft_s"] == pytest.approx(0.03) and merged["ttft_long_s"] is None
+    assert merged["concurrent_tok_s"]["4"] == 32 and merged["concurrent_vs_single"]["4"] == 3.2
+    assert merged["peak_rss_bytes"] == 7
+    changed = {**measured(0.02, [1.0], 5, 30), "tokens": [1, 2, 4]}
+    with pytest.raises(EdgeRuntimeError, match="different greedy tokens"):
+        merge_passes([measured(0.02, [1.0], 5, 30), changed])
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +185,8 @@ def test_result_is_json_and_renders_a_table(result: dict[str, Any]) -> None:
     table = render(result)
     for row in ROWS:
         assert f"| {row.name} " in table
+    assert result["settings"]["passes"] == 2
+    assert "in each of 2 passes (the second in reverse row order)" in table
 
 
 def test_a_model_directory_is_measured_beside_optimum() -> None:

@@ -6,9 +6,11 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,6 +61,10 @@ class ModelBenchArgs:
     # Time to first token is measured at prompt_tokens and at this longer prompt.
     long_prompt_tokens: int = 512
     concurrency: tuple[int, ...] = (1, 4, 8)
+    # Every row runs once per pass, each pass in the reverse order of the one before: this
+    # box's speed drifts over minutes, and a row measured only early or only late in the run
+    # would carry that drift into its ratios.
+    passes: int = 2
     # The Python of the environment onnxruntime-genai is installed in (`make bench-anchors`);
     # without it the genai row is left out and said so.
     anchors_python: Path | None = Path(".venv-anchors/bin/python")
@@ -66,8 +72,8 @@ class ModelBenchArgs:
     def __post_init__(self) -> None:
         if self.hidden <= 0 or self.hidden % (HEAD_DIM * KV_HEADS):
             raise ValueError(f"hidden must be a positive multiple of {HEAD_DIM * KV_HEADS}")
-        if self.layers < 1 or self.prompt_tokens < 1 or self.repeats < 1 or self.threads < 0:
-            raise ValueError("layers, prompt_tokens and repeats must be >= 1, threads >= 0")
+        if min(self.layers, self.prompt_tokens, self.repeats, self.passes) < 1 or self.threads < 0:
+            raise ValueError("layers, prompt_tokens, repeats and passes must be >= 1, threads >= 0")
         if self.new_tokens < 2:
             raise ValueError("new_tokens must be >= 2 (decode speed needs a second token)")
         if max(self.prompt_tokens, self.long_prompt_tokens) + self.new_tokens >= MAX_POSITIONS:
@@ -102,6 +108,34 @@ BASELINE = "ours-fp32"
 ANCHOR = "genai-int8"
 
 
+def merge_passes(passes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row's figures over its passes: medians of every repeat, the highest peak RSS."""
+    first = passes[0]
+    for other in passes[1:]:
+        if other["tokens"] != first["tokens"]:
+            raise EdgeRuntimeError("a row generated different greedy tokens in two passes")
+
+    def middle(key: str) -> float:
+        return float(statistics.median(p[key] for p in passes))
+
+    counts = first.get("concurrent_tok_s", {})
+    return {
+        **first,
+        "ttft_s": middle("ttft_s"),
+        "ttft_long_s": None if first["ttft_long_s"] is None else middle("ttft_long_s"),
+        "decode_tok_s_runs": [r for p in passes for r in p["decode_tok_s_runs"]],
+        "decode_tok_s": statistics.median(r for p in passes for r in p["decode_tok_s_runs"]),
+        "concurrent_tok_s": {
+            c: statistics.median(p["concurrent_tok_s"][c] for p in passes) for c in counts
+        },
+        "concurrent_vs_single": {
+            c: statistics.median(p["concurrent_vs_single"][c] for p in passes)
+            for c in first.get("concurrent_vs_single", {})
+        },
+        "peak_rss_bytes": max(p["peak_rss_bytes"] for p in passes),
+    }
+
+
 def model_shape(hidden: int, layers: int) -> TinyShape:
     """GLM-4's proportions at ``hidden`` width: 64-wide heads, 2 KV heads, MLP ≈ 2.75×."""
     heads = hidden // HEAD_DIM
@@ -129,33 +163,36 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
         skipped[ANCHOR] = "no onnxruntime-genai environment (make bench-anchors)"
     rows_run = [row for row in ROWS if row.name not in skipped]
     built = all((entry / row.file).is_file() for row in rows_run)
-    progress = Progress((0 if built else 11) + 1 + len(rows_run))
+    progress = Progress((0 if built else 11) + 1 + len(rows_run) * args.passes)
     if not built:
         _build(entry, shape, threads, progress, anchors)
     tokenizer = entry / "onnx" / "tokenizer.json"
     prompt = prompt_ids(tokenizer, args.prompt_tokens)
     long_prompt = prompt_ids(tokenizer, args.long_prompt_tokens) if args.long_prompt_tokens else []
     load = OtherLoad(device.usable_cpus)
-    measured: dict[str, dict[str, Any]] = {}
-    for row in rows_run:
-        path = entry / row.file
-        with progress.step(f"measuring {row.name} ({row.weights}, {path.name})"):
-            spec = RowSpec(
-                row.engine,
-                str(path.parent if row.engine == "genai" else path),
-                prompt,
-                args.new_tokens,
-                args.repeats,
-                threads,
-                long_prompt=long_prompt,
-                concurrency=list(args.concurrency) if row.engine in ("ours", "genai") else [],
-            )
-            python = anchors if row.engine == "genai" and anchors else Path(sys.executable)
-            measured[row.name] = found = _run_row(row.name, spec, python)
-            progress.note(
-                f"TTFT {found['ttft_s'] * 1e3:.1f} ms, decode {found['decode_tok_s']:.1f} tok/s, "
-                f"peak RSS {found['peak_rss_bytes'] / _MIB:.0f} MiB"
-            )
+    passes: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows_run}
+    for index in range(args.passes):
+        for row in rows_run if index % 2 == 0 else rows_run[::-1]:
+            path = entry / row.file
+            with progress.step(f"measuring {row.name} ({row.weights}, {path.name})"):
+                spec = RowSpec(
+                    row.engine,
+                    str(path.parent if row.engine == "genai" else path),
+                    prompt,
+                    args.new_tokens,
+                    args.repeats,
+                    threads,
+                    long_prompt=long_prompt,
+                    concurrency=list(args.concurrency) if row.engine in ("ours", "genai") else [],
+                )
+                python = anchors if row.engine == "genai" and anchors else Path(sys.executable)
+                found = _run_row(row.name, spec, python)
+                passes[row.name].append(found)
+                progress.note(
+                    f"TTFT {found['ttft_s'] * 1e3:.1f} ms, decode {found['decode_tok_s']:.1f} "
+                    f"tok/s, peak RSS {found['peak_rss_bytes'] / _MIB:.0f} MiB"
+                )
+    measured = {name: merge_passes(found) for name, found in passes.items()}
     # After the rows: a 1 GiB scan flushes the caches the rows' weights may live in.
     with progress.step("measuring memory read bandwidth"):
         size = max(64 * _MIB, min(BANDWIDTH_BYTES, device.memory_available_bytes // 4))
@@ -179,6 +216,7 @@ def run(args: ModelBenchArgs, out: TextIO) -> dict[str, Any]:
             "concurrency": list(args.concurrency),
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
+            "passes": args.passes,
             "threads": threads,
             # Every onnxruntime row, genai's included, lets its worker threads spin.
             "allow_spinning": True,
@@ -465,7 +503,8 @@ def render(result: dict[str, Any]) -> str:
         f"{model['layers']} layers, {model['heads']}/{model['kv_heads']} heads, vocabulary "
         f"{model['vocab_size']}), random weights",
         f"Run: {s['prompt_tokens']}-token prompt, {s['new_tokens']} greedy tokens, median of "
-        f"{s['repeats']} after a warm-up, {_threads(s['threads'])}"
+        f"{s['repeats']} after a warm-up in each of {s.get('passes', 1)} passes (the second "
+        f"in reverse row order), {_threads(s['threads'])}"
         + (", spinning" if s.get("allow_spinning") else ""),
         f"Machine: {m['cpu_model']} ({m['arch']}), {m['physical_cores']} cores, "
         f"{m['memory_total_bytes'] / (1 << 30):.1f} GiB, ISA {' '.join(m['isa']) or '-'}, "
