@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--samples", type=int, default=100, help="samples per held-out split")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--failures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list up to N failing cases per split and decoding",
+    )
     verify = model_commands.add_parser("verify", help="check files, hashes and parity figures")
     verify.add_argument("directory", type=Path)
 
@@ -460,7 +467,11 @@ def _model(args: argparse.Namespace) -> int:
 
         found = assistant.run(
             assistant.EvalArgs(
-                model=args.directory, samples=args.samples, seed=args.seed, json=args.json
+                model=args.directory,
+                samples=args.samples,
+                seed=args.seed,
+                json=args.json,
+                failures=args.failures,
             ),
             sys.stdout,
         )

@@ -34,10 +34,35 @@ class EvalArgs:
     seed: int = 0
     json: bool = False
     max_new_tokens: int = 96
+    # Failing cases kept per split and decoding, to show what the model gets wrong.
+    failures: int = 0
 
 
-def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -> dict[str, Any]:
-    """The figures for ``samples``, by language; each a fraction, None when none applied."""
+def score(
+    samples: Sequence[dataset.Sample],
+    respond: Respond,
+    grounded: bool,
+    misses: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The figures for ``samples``, by language; each a fraction, None when none applied.
+
+    Every failing case is appended to ``misses`` if given: what was asked, what was expected,
+    and what the model wrote.
+    """
+
+    def missed(sample: dataset.Sample, figure: str, want: Any, wrote: str) -> None:
+        if misses is not None:
+            asked = [m["content"] for m in sample.messages if m["role"] == "user"]
+            misses.append(
+                {
+                    "language": sample.language,
+                    "figure": figure,
+                    "request": " / ".join(str(a) for a in asked),
+                    "expected": want,
+                    "got": wrote,
+                }
+            )
+
     tools = dataset.tool_schemas()
     names = {t["name"] for t in tools}
     defaults = {t["name"]: _defaults(t) for t in tools}
@@ -46,18 +71,24 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
         got = tally[sample.language]
         first_turn = next(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
         prompt = sample.messages[:first_turn]
-        turn = parse_output(respond(prompt, tools, _heard(prompt) if grounded else None), names)
+        wrote = respond(prompt, tools, _heard(prompt) if grounded else None)
+        turn = parse_output(wrote, names)
         expected = sample.expected
         if expected.get("refuse"):
             got["refuse"].append(float(isinstance(turn, PlainText)))
+            if not isinstance(turn, PlainText):
+                missed(sample, "refuse", "a plain answer", wrote)
             continue
         if expected.get("clarify"):
             asked = isinstance(turn, PlainText) and any(q in turn.text for q in "?？")
             got["clarify"].append(float(asked))
+            if not asked:
+                missed(sample, "clarify", "a question", wrote)
             # The clarified call is judged from the user's answer on.
             reply = max(i for i, m in enumerate(sample.messages) if m["role"] == "user")
             prompt = sample.messages[: reply + 1]
-            turn = parse_output(respond(prompt, tools, _heard(prompt) if grounded else None), names)
+            wrote = respond(prompt, tools, _heard(prompt) if grounded else None)
+            turn = parse_output(wrote, names)
         want = {**defaults[expected["tool"]], **expected["arguments"]}
         if isinstance(turn, ParsedCall) and turn.name == expected["tool"]:
             have = {**defaults[turn.name], **turn.arguments}
@@ -68,11 +99,16 @@ def score(samples: Sequence[dataset.Sample], respond: Respond, grounded: bool) -
         else:
             got["exact_match"].append(0.0)
             got["slot_accuracy"].append(0.0)
+        if got["exact_match"][-1] < 1:
+            missed(sample, "exact_match", {"name": expected["tool"], "arguments": want}, wrote)
         if expected.get("values"):
             observed = next(i for i, m in enumerate(sample.messages) if m["role"] == "tool")
             context = sample.messages[: observed + 1]
             answer = respond(context, tools, _heard(context) if grounded else None)
-            got["values_in_answer"].append(float(all(v in answer for v in expected["values"])))
+            carried = all(v in answer for v in expected["values"])
+            got["values_in_answer"].append(float(carried))
+            if not carried:
+                missed(sample, "values_in_answer", list(expected["values"]), answer)
     return {
         language: {
             figure: (round(sum(v) / len(v), 4) if (v := values.get(figure)) else None)
@@ -116,12 +152,17 @@ def run(args: EvalArgs, out: TextIO) -> dict[str, Any]:
     """Score the model on every held-out split, grounded and not; print unless ``args.json``."""
     respond = model_responder(args.model, args.max_new_tokens)
     result: dict[str, Any] = {"model": str(args.model), "samples_per_split": args.samples}
+    failures: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for split in EVAL_SPLITS:
         samples = dataset.generate(split, args.samples, seed=args.seed)
+        misses: dict[str, list[dict[str, Any]]] = {"grounded": [], "free": []}
         result[split] = {
-            "grounded": score(samples, respond, grounded=True),
-            "free": score(samples, respond, grounded=False),
+            decoding: score(samples, respond, decoding == "grounded", misses[decoding])
+            for decoding in ("grounded", "free")
         }
+        failures[split] = {k: v[: args.failures] for k, v in misses.items()}
+    if args.failures:
+        result["failures"] = failures
     if not args.json:
         out.write(render(result) + "\n")
     return result
@@ -138,7 +179,18 @@ def render(result: Mapping[str, Any]) -> str:
                     + ["-" if figures[f] is None else f"{figures[f]:.0%}" for f in FIGURES]
                 )
     headers = ["split", "lang", "decoding", "exact", "slots", "values", "clarify", "refuse"]
-    return "\n".join(markdown_table(headers, body, left=3))
+    lines = markdown_table(headers, body, left=3)
+    for split, by_decoding in result.get("failures", {}).items():
+        for decoding, misses in by_decoding.items():
+            if misses:
+                lines += ["", f"Failures, {split}, {decoding}:"]
+            for miss in misses:
+                lines += [
+                    f"- [{miss['language']}] {miss['figure']}: {miss['request']!r}",
+                    f"  expected {json.dumps(miss['expected'], ensure_ascii=False)}",
+                    f"  got      {miss['got']!r}",
+                ]
+    return "\n".join(lines)
 
 
 def dump(result: Mapping[str, Any]) -> str:
