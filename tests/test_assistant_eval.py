@@ -30,7 +30,7 @@ def oracle(samples: Sequence[dataset.Sample]) -> Any:
                 turn = "\n" + message["content"]
             by_prompt[key] = turn
 
-    def respond(messages: Sequence[Mapping[str, Any]], tools: Any, grounding: str | None) -> str:
+    def respond(messages: Sequence[Mapping[str, Any]], tools: Any, grounding: Any) -> str:
         return by_prompt[json.dumps(list(messages), ensure_ascii=False)]
 
     return respond
@@ -50,7 +50,7 @@ def test_an_oracle_scores_full_marks() -> None:
 def test_a_model_that_only_chats_scores_nothing_on_tools() -> None:
     samples = dataset.generate("heldout_template", 40, seed=0)
 
-    def chatty(messages: Any, tools: Any, grounding: str | None) -> str:
+    def chatty(messages: Any, tools: Any, grounding: Any) -> str:
         return "\nI am not sure."
 
     result = score(samples, chatty, grounded=False)
@@ -65,7 +65,7 @@ def test_a_wrong_argument_costs_the_exact_match_but_not_every_slot() -> None:
     samples = [s for s in dataset.generate("heldout_template", 80) if s.category == "weather"]
     right = oracle(samples)
 
-    def off_by_date(messages: Any, tools: Any, grounding: str | None) -> str:
+    def off_by_date(messages: Any, tools: Any, grounding: Any) -> str:
         turn = right(messages, tools, grounding)
         name, _, body = turn.partition("\n")
         if name != "weather":
@@ -92,7 +92,7 @@ def test_failing_cases_say_what_was_asked_expected_and_written() -> None:
     samples = [s for s in dataset.generate("heldout_template", 80) if s.category == "weather"]
     right = oracle(samples)
 
-    def wrong_city(messages: Any, tools: Any, grounding: str | None) -> str:
+    def wrong_city(messages: Any, tools: Any, grounding: Any) -> str:
         turn = right(messages, tools, grounding)
         return turn.replace('"city": "', '"city": "X', 1)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.model.constrain import ToolCallConstraint, ToolGrammar, Vocabulary
+from edge_runtime.model.constrain import Grounding, ToolCallConstraint, ToolGrammar, Vocabulary
 from edge_runtime.model.runtime import Model
 from edge_runtime.orchestrator.toolcall import BadCall, ParsedCall, PlainText, parse_output
 
@@ -152,3 +152,70 @@ def test_the_model_under_the_grammar_writes_only_valid_calls(tiny_model: Model, 
         assert json.loads(body) == out.arguments
     else:
         assert isinstance(out, PlainText)
+
+
+DEVICE_TOOL: list[dict[str, Any]] = [
+    {
+        "name": "set_device",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "x-grounded": True},
+                "state": {"enum": ["on", "off"]},
+            },
+            "required": ["name", "state"],
+        },
+    }
+]
+HOME = {"set_device": {"name": ["lamp", "desk lamp", "灯", "台灯", "fan"]}}
+
+
+def writes(tiny_model: Model, vocab: Vocabulary, grounding: Grounding, text: str) -> bool:
+    """Whether the grammar for ``grounding`` lets the model write the call ``text``."""
+    constraint = ToolCallConstraint(ToolGrammar.of(DEVICE_TOOL, grounding), vocab)
+    for token in tiny_model.tokenizer.encode(text):
+        mask = constraint.mask()
+        if mask is not None and not mask[token]:
+            return False
+        constraint.advance(token)
+    mask = constraint.mask()
+    return mask is not None and bool(mask[vocab.observation]) and int(mask.sum()) == 1
+
+
+def call(name: str) -> str:
+    return "set_device\n" + json.dumps({"name": name, "state": "off"}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    ("said", "allowed", "refused"),
+    [
+        # The longest known name the message mentions, as it writes it; never a piece of it.
+        ("Turn off the Desk Lamp please", ["Desk Lamp"], ["desk lamp", "Lamp", "Desk", "off"]),
+        ("麻烦关闭灯", ["灯"], ["麻", "麻烦关闭灯", "关闭灯"]),
+        ("台灯还亮着，关掉吧", ["台灯"], ["灯", "台"]),
+        # Two known names: either.
+        ("the fan and the lamp", ["fan", "lamp"], ["the fan", "the"]),
+    ],
+)
+def test_a_known_name_the_message_mentions_is_copied_whole(
+    tiny_model: Model, vocab: Vocabulary, said: str, allowed: list[str], refused: list[str]
+) -> None:
+    grounding = Grounding(said, HOME)
+    for name in allowed:
+        assert writes(tiny_model, vocab, grounding, call(name)), name
+    for name in refused:
+        assert not writes(tiny_model, vocab, grounding, call(name)), name
+
+
+def test_without_a_known_name_any_words_of_the_message_do(
+    tiny_model: Model, vocab: Vocabulary
+) -> None:
+    # "lamps" is not the known "lamp" (a name ends where a word ends): a device the home does
+    # not know yet is still copied from the message, as without names.
+    grounding = Grounding("switch off the garden lamps", HOME)
+    assert writes(tiny_model, vocab, grounding, call("garden lamps"))
+    assert writes(tiny_model, vocab, grounding, call("lamps"))
+    assert not writes(tiny_model, vocab, grounding, call("lamp"))
+    # Names given for another tool change nothing here.
+    other = Grounding("turn off the fan", {"device_state": {"name": ["fan"]}})
+    assert writes(tiny_model, vocab, other, call("the fan"))

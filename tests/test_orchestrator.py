@@ -17,6 +17,7 @@ import pytest
 
 from edge_runtime.config import Settings
 from edge_runtime.messages import Usage
+from edge_runtime.model.constrain import Grounding
 from edge_runtime.orchestrator.llm import DeltaSink, Generated
 from edge_runtime.orchestrator.service import Answer, Ask, Orchestrator
 
@@ -44,7 +45,7 @@ class ScriptedModel:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
-        grounding: str | None = None,
+        grounding: str | Grounding | None = None,
     ) -> Generated:
         self.calls.append(
             {
@@ -248,7 +249,30 @@ def test_grounding_covers_every_user_turn_of_the_session(tmp_path: Path) -> None
         ask(orch, "Macau", session="s", ident="b")
     finally:
         close(orch)
-    assert model.calls[-1]["grounding"] == "bounce the weather for the day after tomorrow\nMacau"
+    grounding = model.calls[-1]["grounding"]
+    assert grounding.text == "bounce the weather for the day after tomorrow\nMacau"
+    assert grounding.names == {}  # no tool here resolves names
+
+
+def test_grounded_device_names_are_the_known_ones(tmp_path: Path) -> None:
+    # A grounded argument that resolves device names is held to the names the home knows
+    # (config and registry) when the message mentions one.
+    device_state = {
+        "name": "device_state",
+        "kind": "python",
+        "entry_point": "tool_functions:echo",
+        "parameters": {"name": {"grounded": True, "resolve": "devices"}},
+    }
+    model = ScriptedModel("\nIt is on.")
+    orch = build(tmp_path, model, tools=[*TOOLS, device_state])
+    orch.set_devices({"lamp-1": (("desk lamp", "台灯"), "light")})
+    try:
+        ask(orch, "could you look at the desk lamp for me")
+    finally:
+        close(orch)
+    names = model.calls[0]["grounding"].names
+    assert set(names) == {"device_state"}
+    assert {"lamp-1", "desk lamp", "台灯"} <= set(names["device_state"]["name"])
 
 
 def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
@@ -264,7 +288,7 @@ def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     # The tool list went into the model's system block; the observation came back to it.
     assert {t["name"] for t in model.calls[0]["tools"]} == {"weather", "echo"}
     # Its calls are held to the schemas, grounded in the user's words.
-    assert model.calls[0]["grounding"] == "could you bounce a word off the echo tool"
+    assert model.calls[0]["grounding"].text == "could you bounce a word off the echo tool"
     # The observation restates the call's arguments, then the result's fields.
     assert model.calls[1]["messages"][-1] == {
         "role": "tool",

@@ -238,7 +238,7 @@ class SlowModel:
         tools: Any = None,
         on_delta: Any = None,
         deadline: float | None = None,
-        grounding: str | None = None,
+        grounding: object = None,
     ) -> Any:
         from edge_runtime.orchestrator.llm import Generated
 

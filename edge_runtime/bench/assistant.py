@@ -3,7 +3,8 @@
 For each held-out split (templates, slot values, paraphrases) and language: tool-call exact match
 (name and arguments, schema defaults filled in), slot accuracy, answers that carry the
 observation's values, and correct clarifications and refusals; each with grounded decoding on
-and off, on the same samples.
+and off, on the same samples. Grounded decoding is the daemon's: arguments held to the words of
+the user's turns, and rooms and devices to the home's names the request mentions.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from typing import Any, TextIO
 
 from edge_runtime.bench.report import markdown_table
 from edge_runtime.model import dataset
+from edge_runtime.model.constrain import Grounding
 from edge_runtime.orchestrator.toolcall import ParsedCall, PlainText, parse_output
 
 # Writes the assistant's next turn for a conversation: (messages, tools, grounding) -> text.
-Respond = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], str | None], str]
+Respond = Callable[
+    [Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], Grounding | None], str
+]
 EVAL_SPLITS: tuple[dataset.Split, ...] = ("heldout_template", "heldout_value", "paraphrase")
 FIGURES = ("exact_match", "slot_accuracy", "values_in_answer", "clarify", "refuse")
 
@@ -119,9 +123,11 @@ def score(
     }
 
 
-def _heard(messages: Sequence[Mapping[str, Any]]) -> str:
-    """What grounded arguments may copy: every user turn, as the orchestrator grounds them."""
-    return "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
+def _heard(messages: Sequence[Mapping[str, Any]]) -> Grounding:
+    """What grounded arguments may copy, as the orchestrator grounds them: every user turn,
+    and the home's rooms and devices."""
+    said = "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
+    return Grounding(said, dataset.home_names())
 
 
 def _defaults(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def model_responder(directory: Path, max_new_tokens: int) -> Respond:
     def respond(
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]],
-        grounding: str | None,
+        grounding: Grounding | None,
     ) -> str:
         params = model.default_params(max_new_tokens=max_new_tokens, do_sample=False)
         generation = model.chat(list(messages), params, tools=tools, grounding=grounding)

@@ -23,6 +23,7 @@ from edge_runtime.bench.machine import describe_machine
 from edge_runtime.bench.report import markdown_table, times
 from edge_runtime.config import Settings
 from edge_runtime.device import probe
+from edge_runtime.model.constrain import Grounding
 from edge_runtime.model.runtime import load_model
 from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator, ModelGenerator
 from edge_runtime.orchestrator.service import Ask, Orchestrator
@@ -71,7 +72,7 @@ class _TimedGenerator:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
-        grounding: str | None = None,
+        grounding: str | Grounding | None = None,
     ) -> Generated:
         started = time.perf_counter()
         self.calls += 1

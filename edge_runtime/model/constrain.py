@@ -5,7 +5,9 @@ then on unconstrained) or the name of a declared tool. After a tool name the arg
 JSON object for that tool's schema, written canonically (``{"key": value, ...}`` in schema order;
 optional keys may be left out): enums and booleans among their values, numbers as numbers, strings
 without escapes, and strings the schema marks ``x-grounded`` only as text that occurs in the
-user's message. After the closing brace only ``<|observation|>`` may come. The automaton runs on
+user's message: whole words of it, or, for an argument with known names (the home's areas and
+devices), one of those names as the message writes it. After the closing brace only
+``<|observation|>`` may come. The automaton runs on
 bytes, so it works for any byte-level BPE vocabulary; the mask of each state is cached.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,6 +126,21 @@ class _Property:
 
 
 @dataclass(frozen=True)
+class Grounding:
+    """What grounded arguments may copy: the user's words, and the names the home knows.
+
+    ``names`` maps a tool's name and an argument to the names that argument may take (areas,
+    devices). When one of them occurs in ``text``, the argument is held to those mentions, as
+    the message writes them (the longest where they overlap), so a name is never cut short or
+    run into the next word; when none occurs (a device not registered yet), to whole words of
+    ``text``, as an argument without names is.
+    """
+
+    text: str
+    names: Mapping[str, Mapping[str, Sequence[str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ToolGrammar:
     """The declared tools' names and argument skeletons, and the text strings are grounded in."""
 
@@ -135,23 +152,31 @@ class ToolGrammar:
     stops: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, tools: Sequence[Mapping[str, Any]], grounding: str) -> ToolGrammar:
+    def of(cls, tools: Sequence[Mapping[str, Any]], grounding: str | Grounding) -> ToolGrammar:
         """From GLM tool descriptions (``{"name", "parameters": JSON schema}``)."""
+        if isinstance(grounding, str):
+            grounding = Grounding(grounding)
+        # Quotes and backslashes cannot appear in an unescaped JSON string.
+        # Nor can control characters (a newline between two turns of the conversation).
+        clean = re.sub(r'["\\\x00-\x1f]', " ", grounding.text)
+        starts, stops = _word_bounds(clean)
         names: list[bytes] = []
         props: list[tuple[_Property, ...]] = []
         for tool in tools:
             fn = tool.get("function", tool)
             names.append(str(fn["name"]).encode())
+            known = grounding.names.get(str(fn["name"]), {})
             schema = fn.get("parameters") or {}
             required = set(schema.get("required", ()))
             found = []
             for key, spec in (schema.get("properties") or {}).items():
-                found.append(_property(key, spec, key not in required))
+                prop = _property(key, spec, key not in required)
+                mentioned = _mentions(clean, known.get(key, ()), starts, stops)
+                if prop.kind == "grounded" and mentioned:
+                    options = tuple(json.dumps(m, ensure_ascii=False).encode() for m in mentioned)
+                    prop = _Property(key, "enum", options, prop.optional)
+                found.append(prop)
             props.append(tuple(found))
-        # Quotes and backslashes cannot appear in an unescaped JSON string.
-        # Nor can control characters (a newline between two turns of the conversation).
-        clean = re.sub(r'["\\\x00-\x1f]', " ", grounding)
-        starts, stops = _word_bounds(clean)
         return cls(tuple(names), tuple(props), clean.encode(), starts, stops)
 
 
@@ -175,6 +200,28 @@ def _word_bounds(text: str) -> tuple[frozenset[int], frozenset[int]]:
     if text and not text[-1].isspace():
         stops.add(offset)
     return frozenset(starts), frozenset(stops)
+
+
+def _mentions(
+    text: str, names: Sequence[str], starts: frozenset[int], stops: frozenset[int]
+) -> tuple[str, ...]:
+    """The known ``names`` that ``text`` mentions as whole words, as it writes them.
+
+    Case is ignored; where two mentions overlap, the longer wins ("台灯", not its "灯").
+    """
+    spans: list[tuple[int, int, str]] = []
+    for name in {n.strip() for n in names if n.strip()}:
+        for match in re.finditer(re.escape(name), text, re.IGNORECASE):
+            begin = len(text[: match.start()].encode())
+            end = begin + len(match.group().encode())
+            if begin in starts and end in stops:
+                spans.append((begin, end, match.group()))
+    kept = [
+        (b, e, m)
+        for b, e, m in spans
+        if not any(b2 <= b and e <= e2 and (b2, e2) != (b, e) for b2, e2, _ in spans)
+    ]
+    return tuple(dict.fromkeys(m for _, _, m in sorted(kept)))
 
 
 def _joins(char: str) -> bool:

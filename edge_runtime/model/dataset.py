@@ -119,6 +119,22 @@ def tool_schemas() -> list[dict[str, Any]]:
     ]
 
 
+def home_names() -> dict[str, dict[str, list[str]]]:
+    """The rooms and devices of the home the tools serve, for grounded decoding.
+
+    As the daemon knows its areas (config) and devices (config and registry): tool -> grounded
+    argument -> every name, in both languages. Cities are not listed: any city may be asked.
+    """
+    vocab = vocabulary()
+    areas = [a[lang] for a in vocab["areas"] for lang in ("en", "zh")]
+    devices = [d[lang] for d in vocab["devices"] for lang in ("en", "zh")]
+    return {
+        "sensor_reading": {"area": areas},
+        "device_state": {"name": devices},
+        "set_device": {"name": devices},
+    }
+
+
 @cache
 def vocabulary() -> dict[str, Any]:
     """Cities, rooms, sensors and devices (``data/assistant.json``)."""

@@ -21,7 +21,7 @@ from edge_runtime.errors import (
     RequestError,
 )
 from edge_runtime.model.batch import BatchDecoder
-from edge_runtime.model.constrain import ToolCallConstraint, ToolGrammar, Vocabulary
+from edge_runtime.model.constrain import Grounding, ToolCallConstraint, ToolGrammar, Vocabulary
 from edge_runtime.model.generate import (
     CancelToken,
     Constraint,
@@ -443,14 +443,15 @@ class Model:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         cancel: CancelToken | None = None,
-        grounding: str | None = None,
+        grounding: str | Grounding | None = None,
     ) -> Generation:
         """A generation answering a conversation, fitted to the context window.
 
-        With ``tools`` and ``grounding`` (the user's message), a tool call the model writes is
-        held to the declared tools and their argument schemas, and strings marked x-grounded
-        to text of the message (see constrain.py); a plain answer states only numbers of the
-        user's turns and the tools' observations (see numbers.py).
+        With ``tools`` and ``grounding`` (the user's message, and maybe the names the home
+        knows), a tool call the model writes is held to the declared tools and their argument
+        schemas, and strings marked x-grounded to text of the message (see constrain.py); a
+        plain answer states only numbers of the user's turns and the tools' observations (see
+        numbers.py).
         """
         constraint = None
         if tools and grounding is not None:
@@ -461,7 +462,7 @@ class Model:
     def tool_constraint(
         self,
         tools: Sequence[Mapping[str, Any]],
-        grounding: str,
+        grounding: str | Grounding,
         numbers: frozenset[bytes] | None = None,
     ) -> ToolCallConstraint | None:
         """The tool-call grammar for one turn; None if the tokenizer has no <|observation|>.

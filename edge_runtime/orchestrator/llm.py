@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_runtime.messages import FinishReason, Timing, Usage
+from edge_runtime.model.constrain import Grounding
 from edge_runtime.model.runtime import Model
 
 DeltaSink = Callable[[str], Awaitable[None]]
@@ -49,10 +50,10 @@ class Generator(Protocol):
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
-        grounding: str | None = None,
+        grounding: str | Grounding | None = None,
     ) -> Generated:
         """Generate the assistant's next turn; with ``grounding``, tool calls are held to the
-        tools' schemas and grounded strings to that text."""
+        tools' schemas and grounded strings to its text (and known names)."""
         ...
 
 
@@ -90,7 +91,7 @@ class ModelGenerator:
         tools: Sequence[Mapping[str, Any]] | None = None,
         on_delta: DeltaSink | None = None,
         deadline: float | None = None,
-        grounding: str | None = None,
+        grounding: str | Grounding | None = None,
     ) -> Generated:
         """Generate; at the deadline the generation stops and what was written is kept."""
         overrides = _overrides(params)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime.model.constrain import Grounding
 from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator, trim_start
 from edge_runtime.orchestrator.memory import LongTermMemory
 from edge_runtime.orchestrator.planner import Plan, Step
@@ -223,7 +224,11 @@ class PlanRunner:
                 tools=schemas or None,
                 on_delta=sink,
                 deadline=deadline,
-                grounding=heard if self.grounded and schemas else None,
+                grounding=(
+                    Grounding(heard, self.tools.grounded_names())
+                    if self.grounded and schemas
+                    else None
+                ),
             )
             result.generated = generated
             output = parse_output(generated.text, names)

@@ -500,6 +500,20 @@ class ToolGateway:
             name.casefold(): ident for ident, names in named.items() for name in (ident, *names)
         }
 
+    def grounded_names(self) -> dict[str, dict[str, list[str]]]:
+        """Tool -> argument -> the names a grounded ``resolve`` argument may take.
+
+        Grounded decoding holds such an argument to the areas or devices the message mentions,
+        whole, when it mentions any (see model/constrain.py).
+        """
+        out: dict[str, dict[str, list[str]]] = {}
+        for tool in self.tools.values():
+            for key, spec in tool.settings.parameters.items():
+                known = self.names.get(spec.resolve or "", {})
+                if spec.grounded and known:
+                    out.setdefault(tool.name, {})[key] = list(known)
+        return out
+
     def observation(self, call: ToolCall) -> dict[str, Any]:
         """What the model reads of a call: the arguments, then the result or the error.
 
