@@ -298,6 +298,10 @@ class OrchestratorSettings(_Section):
     # Hold model-written tool calls to the declared tools and argument schemas while decoding,
     # and the numbers of plain answers to those of the conversation.
     grounded_tool_calls: bool = True
+    # Under grounding, a room or device argument is held to the known areas and devices the
+    # request mentions. Turn off if device names nest ("lamp" known, "floor lamp" not yet):
+    # the request "the floor lamp" would be held to "lamp".
+    grounded_names: bool = True
     step_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int = Field(128, ge=1)
     # Allowed URL prefixes for http tools, e.g. "http://192.168.1.10:8080/".

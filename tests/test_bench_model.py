@@ -44,6 +44,7 @@ def test_default_shape_is_the_mid_size_glm() -> None:
         {"long_prompt_tokens": 2000},
         {"concurrency": (0,)},
         {"passes": 0},
+        {"concurrency": (1, 4, 4)},
     ],
 )
 def test_arguments_are_checked(overrides: dict[str, Any]) -> None:

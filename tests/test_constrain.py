@@ -167,7 +167,7 @@ DEVICE_TOOL: list[dict[str, Any]] = [
         },
     }
 ]
-HOME = {"set_device": {"name": ["lamp", "desk lamp", "灯", "台灯", "fan"]}}
+HOME = {"set_device": {"name": ["lamp", "desk lamp", "灯", "台灯", "fan", "客厅灯", "灯带"]}}
 
 
 def writes(tiny_model: Model, vocab: Vocabulary, grounding: Grounding, text: str) -> bool:
@@ -193,8 +193,9 @@ def call(name: str) -> str:
         ("Turn off the Desk Lamp please", ["Desk Lamp"], ["desk lamp", "Lamp", "Desk", "off"]),
         ("麻烦关闭灯", ["灯"], ["麻", "麻烦关闭灯", "关闭灯"]),
         ("台灯还亮着，关掉吧", ["台灯"], ["灯", "台"]),
-        # Two known names: either.
+        # Two known names: either. Two that overlap: the longer.
         ("the fan and the lamp", ["fan", "lamp"], ["the fan", "the"]),
+        ("打开客厅灯带", ["客厅灯"], ["灯带", "灯"]),
     ],
 )
 def test_a_known_name_the_message_mentions_is_copied_whole(

@@ -273,6 +273,15 @@ def test_grounded_device_names_are_the_known_ones(tmp_path: Path) -> None:
     names = model.calls[0]["grounding"].names
     assert set(names) == {"device_state"}
     assert {"lamp-1", "desk lamp", "台灯"} <= set(names["device_state"]["name"])
+    # orchestrator.grounded_names = false: the message's words only.
+    model = ScriptedModel("\nIt is on.")
+    orch = build(tmp_path / "off", model, tools=[*TOOLS, device_state], grounded_names=False)
+    orch.set_devices({"lamp-1": (("desk lamp", "台灯"), "light")})
+    try:
+        ask(orch, "could you look at the desk lamp for me")
+    finally:
+        close(orch)
+    assert model.calls[0]["grounding"].names == {}
 
 
 def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:

@@ -80,6 +80,8 @@ class ModelBenchArgs:
             raise ValueError(f"prompt_tokens + new_tokens must stay below {MAX_POSITIONS}")
         if self.long_prompt_tokens < 0 or any(c < 1 for c in self.concurrency):
             raise ValueError("long_prompt_tokens must be >= 0 and concurrency counts >= 1")
+        if len(set(self.concurrency)) < len(self.concurrency):
+            raise ValueError("concurrency counts must differ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ ANCHOR = "genai-int8"
 
 
 def merge_passes(passes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One row's figures over its passes: medians of every repeat, the highest peak RSS."""
+    """One row's figures over its passes: decode speed over every repeat of every pass, TTFT
+    and throughput as the median of the passes' own medians, the highest peak RSS."""
     first = passes[0]
     for other in passes[1:]:
         if other["tokens"] != first["tokens"]:
@@ -503,8 +506,13 @@ def render(result: dict[str, Any]) -> str:
         f"{model['layers']} layers, {model['heads']}/{model['kv_heads']} heads, vocabulary "
         f"{model['vocab_size']}), random weights",
         f"Run: {s['prompt_tokens']}-token prompt, {s['new_tokens']} greedy tokens, median of "
-        f"{s['repeats']} after a warm-up in each of {s.get('passes', 1)} passes (the second "
-        f"in reverse row order), {_threads(s['threads'])}"
+        f"{s['repeats']} after a warm-up"
+        + (
+            f" in each of {s['passes']} passes (the second in reverse row order)"
+            if s.get("passes", 1) > 1
+            else ""
+        )
+        + f", {_threads(s['threads'])}"
         + (", spinning" if s.get("allow_spinning") else ""),
         f"Machine: {m['cpu_model']} ({m['arch']}), {m['physical_cores']} cores, "
         f"{m['memory_total_bytes'] / (1 << 30):.1f} GiB, ISA {' '.join(m['isa']) or '-'}, "

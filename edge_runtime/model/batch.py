@@ -103,6 +103,8 @@ class BatchDecoder:
         # A step or prefill is running; a sequence is gathering the batch for the next step.
         self._busy = False
         self._leading = False
+        # The last run was a prefill: waiting decode steps go next.
+        self._prefilled = False
         self._cond = threading.Condition()
 
     @property
@@ -196,12 +198,19 @@ class BatchDecoder:
         if self._busy:
             return  # an extension slipped in; wait for it like everyone else
         prompts = [request for request in self._pending if request.prompt]
-        if prompts:
-            # Prompts first: a new sequence's first token is the latency its user sees.
+        waiting = len(prompts) < len(self._pending)
+        # Prompts first: a new sequence's first token is the latency its user sees. But one
+        # prefill at most between two steps while sequences wait for their next token, or a
+        # stream of new requests would hold them back for as long as it lasts.
+        if prompts and not (waiting and self._prefilled):
+            self._prefilled = True
             batch = self._prompt_group(prompts)
             self._pending = [request for request in self._pending if request not in batch]
         else:
-            batch, self._pending = self._pending, []
+            prompts = []
+            self._prefilled = False
+            batch = [request for request in self._pending if not request.prompt]
+            self._pending = [request for request in self._pending if request.prompt]
             taking = {request.row.index for request in batch}
             # Read under the lock: rows may start or end while the step runs.
             between = {r.index: r.length for r in self._active if r.index not in taking}

@@ -207,7 +207,8 @@ def _mentions(
 ) -> tuple[str, ...]:
     """The known ``names`` that ``text`` mentions as whole words, as it writes them.
 
-    Case is ignored; where two mentions overlap, the longer wins ("台灯", not its "灯").
+    Case is ignored; where two mentions overlap, the longer wins ("台灯", not its "灯"; of
+    "客厅灯" and "灯带" in "客厅灯带", "客厅灯").
     """
     spans: list[tuple[int, int, str]] = []
     for name in {n.strip() for n in names if n.strip()}:
@@ -216,12 +217,12 @@ def _mentions(
             end = begin + len(match.group().encode())
             if begin in starts and end in stops:
                 spans.append((begin, end, match.group()))
-    kept = [
-        (b, e, m)
-        for b, e, m in spans
-        if not any(b2 <= b and e <= e2 and (b2, e2) != (b, e) for b2, e2, _ in spans)
-    ]
-    return tuple(dict.fromkeys(m for _, _, m in sorted(kept)))
+    # Longest first; a mention overlapping one already kept is part of that one.
+    kept: list[tuple[int, int, str]] = []
+    for begin, end, said in sorted(spans, key=lambda span: (span[0] - span[1], span[0])):
+        if all(end <= b or e <= begin for b, e, _ in kept):
+            kept.append((begin, end, said))
+    return tuple(dict.fromkeys(said for _, _, said in sorted(kept)))
 
 
 def _joins(char: str) -> bool:

@@ -576,6 +576,8 @@ def upgrade(model: Any) -> RewriteReport:
     if len(slices) != 1:
         raise ExportError("rewrite 1 graph without its last-position Slice before the head")
     old = slices[0]
+    # The gather's output takes the Slice's name (lm_head.last_position), so the head reads
+    # it unchanged; the rewiring below only matters to a graph that renamed it.
     new = _gather_last_positions(graph, old.input[0])
     for node in graph.node:
         for i, name in enumerate(node.input):

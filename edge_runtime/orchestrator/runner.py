@@ -76,6 +76,8 @@ class PlanRunner:
     max_tool_steps: int = 4
     # Tool calls the model writes are held to the schemas, grounded strings to the message.
     grounded: bool = True
+    # And room and device arguments to the known names the message mentions.
+    grounded_names: bool = True
     clock: Callable[[], float] = time.monotonic
     # Formats a tool result for the model's context and the answer; set by the orchestrator.
     describe: Callable[[ToolCall, str], str] = field(
@@ -225,7 +227,7 @@ class PlanRunner:
                 on_delta=sink,
                 deadline=deadline,
                 grounding=(
-                    Grounding(heard, self.tools.grounded_names())
+                    Grounding(heard, self.tools.grounded_names() if self.grounded_names else {})
                     if self.grounded and schemas
                     else None
                 ),

@@ -82,6 +82,7 @@ class Orchestrator:
         step_timeout_s: float = 10.0,
         max_tool_steps: int = 4,
         grounded: bool = True,
+        grounded_names: bool = True,
         max_new_tokens: int = 128,
         bad_rating: int = 2,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +106,7 @@ class Orchestrator:
             step_timeout_s=step_timeout_s,
             max_tool_steps=max_tool_steps,
             grounded=grounded,
+            grounded_names=grounded_names,
             clock=clock,
             describe=self._describe,
         )
@@ -180,6 +182,7 @@ class Orchestrator:
             step_timeout_s=conf.step_timeout_s,
             max_tool_steps=conf.max_tool_steps,
             grounded=conf.grounded_tool_calls,
+            grounded_names=conf.grounded_names,
             max_new_tokens=conf.max_new_tokens,
             bad_rating=conf.bad_rating,
             clock=clock,
