@@ -48,9 +48,12 @@ def vocab(tiny_model: Model) -> Vocabulary:
     return Vocabulary.of(tiny_model.tokenizer.backend, tiny_model.config.vocab_size, observation)
 
 
-def accepts(tiny_model: Model, vocab: Vocabulary, text: str) -> bool:
-    """Whether the grammar lets the model write ``text``, then end the call."""
-    constraint = ToolCallConstraint(ToolGrammar.of(TOOLS, MESSAGE), vocab)
+def accepts(
+    tiny_model: Model, vocab: Vocabulary, text: str, grammar: ToolGrammar | None = None
+) -> bool:
+    """Whether the grammar (TOOLS over MESSAGE unless given) lets the model write ``text``,
+    then end the call."""
+    constraint = ToolCallConstraint(grammar or ToolGrammar.of(TOOLS, MESSAGE), vocab)
     for token in tiny_model.tokenizer.encode(text):
         mask = constraint.mask()
         if mask is not None and not mask[token]:
@@ -172,14 +175,7 @@ HOME = {"set_device": {"name": ["lamp", "desk lamp", "灯", "台灯", "fan", "�
 
 def writes(tiny_model: Model, vocab: Vocabulary, grounding: Grounding, text: str) -> bool:
     """Whether the grammar for ``grounding`` lets the model write the call ``text``."""
-    constraint = ToolCallConstraint(ToolGrammar.of(DEVICE_TOOL, grounding), vocab)
-    for token in tiny_model.tokenizer.encode(text):
-        mask = constraint.mask()
-        if mask is not None and not mask[token]:
-            return False
-        constraint.advance(token)
-    mask = constraint.mask()
-    return mask is not None and bool(mask[vocab.observation]) and int(mask.sum()) == 1
+    return accepts(tiny_model, vocab, text, ToolGrammar.of(DEVICE_TOOL, grounding))
 
 
 def call(name: str) -> str:

@@ -186,7 +186,7 @@ class BatchDecoder:
                 self._cond.notify_all()
 
     def _lead(self) -> None:
-        """Gather the waiting sequences (called with the lock held), run one step for them."""
+        """Gather the waiting sequences (called with the lock held); run a prefill or a step."""
         self._leading = True
         deadline = time.monotonic() + self._gather_s
         while len(self._pending) < len(self._active) and not self._busy:
