@@ -4,6 +4,7 @@ runtime's chat template and tool-call grammar expect."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -94,6 +95,52 @@ def test_held_out_templates_are_not_trained_on() -> None:
         held = set(dataset._templates(category, language, "heldout_template"))
         trained = set(dataset._templates(category, language, "train"))
         assert held and trained and not held & trained, (category, language)
+
+
+def first_requests(samples: list[dataset.Sample]) -> list[str]:
+    return [s.messages[0]["content"] for s in samples]
+
+
+def test_training_phrasings_never_make_a_held_out_request() -> None:
+    # Training's extra templates, in any of its wrappers, hold no held-out template, and no
+    # training request is a paraphrase.
+    for (category, language), _ in dataset.TEMPLATES.items():
+        openings, endings = dataset.WRAPPERS[language]
+        trained = [
+            opening + template.replace("{verb}", "{state}") + ending
+            for template in dataset._templates(category, language, "train")
+            for opening in ["", *openings]
+            for ending in ["", *endings]
+        ]
+        for held in dataset._templates(category, language, "heldout_template"):
+            assert not [t for t in trained if held.casefold() in t.casefold()], held
+
+    def bare(text: str) -> str:
+        return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+    said = {bare(t) for t in first_requests(dataset.generate("train", 6000, seed=0))}
+    assert not [t for t in first_requests(dataset.generate("paraphrase", 400)) if bare(t) in said]
+
+
+def test_training_asks_in_many_ways() -> None:
+    trained = dataset.generate("train", 6000, seed=0)
+    for category in ("weather", "sensor", "device_state", "command"):
+        for language in ("en", "zh"):
+            texts = first_requests(
+                [s for s in trained if (s.category, s.language) == (category, language)]
+            )
+            # Slot values aside, far more phrasings than TEMPLATES has.
+            assert len(texts) > 200 and len(set(texts)) > 0.8 * len(texts), (category, language)
+    sensors = {
+        s.expected["arguments"]["sensor"]
+        for s in trained
+        if s.category == "sensor" and "how warm is the" in s.messages[0]["content"]
+    }
+    assert sensors == {"temperature"}
+    commands = [s for s in trained if s.category == "command" and s.language == "en"]
+    assert {
+        s.expected["arguments"]["state"] for s in commands if "shut off" in s.messages[0]["content"]
+    } == {"off"}
 
 
 def test_paraphrases_come_once_each() -> None:

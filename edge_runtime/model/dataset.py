@@ -315,6 +315,222 @@ TEMPLATES: dict[tuple[str, str], list[str]] = {
         "看看{date}的天气",
     ],
 }
+# Phrasings training has beyond TEMPLATES, never held out: eight sentences per request kind teach
+# a small model those eight sentences, and a held-out phrasing is then refused or sent to the
+# wrong tool. None contains a held-out template or produces a paraphrase (tests check both).
+TRAIN_TEMPLATES: dict[tuple[str, str], list[str]] = {
+    ("weather", "en"): [
+        "weather in {city} {date}?",
+        "{city} weather {date}",
+        "what's {city}'s forecast for {date}",
+        "{date} in {city}: what's the weather",
+        "any rain in {city} {date}",
+        "how hot will it get in {city} {date}",
+        "what's the forecast for {date} in {city}",
+        "I'm going to {city} {date}, what's the weather there",
+        "what's the weather going to do in {city} {date}",
+        "look up {city}'s weather for {date}",
+        "is {date} a nice day in {city}",
+        "what is the temperature in {city} {date}",
+    ],
+    ("weather", "zh"): [
+        "{city}{date}的天气",
+        "{date}{city}天气预报",
+        "{city}{date}气温多少",
+        "{date}去{city}，天气怎么样",
+        "{city}那边{date}天气好吗",
+        "我想知道{city}{date}的天气",
+        "{date}{city}下不下雨",
+        "{city}{date}热吗",
+        "问一下{city}{date}天气",
+        "{date}{city}是晴天吗",
+        "查查{city}的天气，{date}的",
+        "{city}{date}有雨吗",
+    ],
+    ("sensor", "en"): [
+        "{area} {sensor}?",
+        "what does the {area} sensor say about the {sensor}",
+        "I'd like the {sensor} in the {area}",
+        "how much {sensor} is there in the {area}",
+        "report the {sensor} for the {area}",
+        "look at the {sensor} in the {area}",
+        "get me the {area}'s {sensor}",
+        "current {sensor}, {area}",
+    ],
+    ("sensor", "zh"): [
+        "{area}{sensor}",
+        "{area}里{sensor}怎么样",
+        "我想看{area}的{sensor}",
+        "{area}的{sensor}高不高",
+        "{area}现在{sensor}多少",
+        "报一下{area}的{sensor}",
+        "{area}那边的{sensor}",
+        "看下{area}{sensor}",
+    ],
+    ("device_state", "en"): [
+        "is the {device} running",
+        "is the {device} turned on",
+        "{device} status?",
+        "is the {device} on or off",
+        "what's the {device} doing",
+        "have I switched off the {device}",
+        "look at the {device} for me",
+        "the {device}, is it on",
+        "did somebody leave the {device} running",
+        "what state is the {device} in",
+        "is the {device} switched off",
+        "check on the {device}",
+    ],
+    ("device_state", "zh"): [
+        "{device}开了没",
+        "{device}是什么状态",
+        "{device}还开着吗",
+        "{device}现在开着还是关着",
+        "看一下{device}",
+        "{device}有没有关",
+        "{device}运行着吗",
+        "{device}关掉了没有",
+        "检查一下{device}",
+        "{device}现在怎么样",
+        "{device}是不是开着",
+        "{device}在运转吗",
+    ],
+    ("command", "en"): [
+        "{verb} the {device}",
+        "please {verb} the {device}",
+        "{verb} the {device} for me",
+        "I need you to {verb} the {device}",
+        "go ahead and {verb} the {device}",
+        "{verb} the {device} right away",
+        "time to {verb} the {device}",
+        "the {device}: {verb} it",
+        "get the {device} {state}",
+        "I'd like the {device} {state}",
+        "have the {device} {state}",
+        "{device} should be {state} now",
+    ],
+    ("command", "zh"): [
+        "{device}{state}",
+        "把{device}{state}吧",
+        "帮忙{state}{device}",
+        "{state}{device}，谢谢",
+        "请把{device}{state}",
+        "可以{state}{device}吗",
+        "马上{state}{device}",
+        "你去{state}{device}",
+    ],
+    ("note", "en"): [
+        "don't forget that {note}",
+        "put down a note: {note}",
+        "store this: {note}",
+        "note: {note}",
+        "remember this: {note}",
+        "I want you to remember that {note}",
+    ],
+    ("note", "zh"): [
+        "记着：{note}",
+        "帮我记一下{note}",
+        "存个笔记：{note}",
+        "请帮我记录{note}",
+        "笔记：{note}",
+        "你记一下，{note}",
+    ],
+    ("multi", "en"): [
+        "weather in {city} {date}, and a reminder please",
+        "check {city} for {date} and remind me what to wear",
+        "{date} in {city}: the weather, then a reminder",
+        "{city} {date}: weather plus a reminder",
+    ],
+    ("multi", "zh"): [
+        "{city}{date}天气如何，写个提醒给我",
+        "查{date}{city}的天气，再提醒我带什么",
+        "{date}{city}的天气，顺便写一条提醒",
+        "帮我看{city}{date}天气并写提醒",
+    ],
+    ("clarify", "en"): [
+        "weather {date}?",
+        "any rain {date}",
+        "what's the forecast for {date}",
+        "is it going to be sunny {date}",
+    ],
+    ("clarify", "zh"): [
+        "{date}天气",
+        "{date}下雨吗",
+        "{date}天气好吗",
+        "{date}热不热",
+    ],
+}
+# Training asks for a reading by what it means as well as by the sensor's name: "how warm is
+# it" is the temperature. (template, sensor id); training only.
+SENSOR_QUESTIONS: dict[str, list[tuple[str, str]]] = {
+    "en": [
+        ("how warm is the {area}", "temperature"),
+        ("how cold is it in the {area}", "temperature"),
+        ("is the {area} hot", "temperature"),
+        ("how humid is the {area}", "humidity"),
+        ("is the air dry in the {area}", "humidity"),
+        ("how loud is the {area}", "noise"),
+        ("is the {area} quiet", "noise"),
+        ("is the {area} dark", "light"),
+        ("how much light is in the {area}", "light"),
+        ("is the air stale in the {area}", "co2"),
+        ("how dusty is the air in the {area}", "pm25"),
+        ("is the {area} air polluted", "pm25"),
+        ("what is the barometer reading in the {area}", "pressure"),
+        ("how much water is running in the {area}", "water_flow"),
+    ],
+    "zh": [
+        ("{area}热不热", "temperature"),
+        ("{area}冷吗", "temperature"),
+        ("{area}多少度", "temperature"),
+        ("{area}潮不潮", "humidity"),
+        ("{area}干燥吗", "humidity"),
+        ("{area}吵吗", "noise"),
+        ("{area}安静吗", "noise"),
+        ("{area}暗不暗", "light"),
+        ("{area}光线怎么样", "light"),
+        ("{area}空气闷吗", "co2"),
+        ("{area}空气脏不脏", "pm25"),
+        ("{area}雾霾严重吗", "pm25"),
+        ("{area}气压高吗", "pressure"),
+        ("{area}用水多不多", "water_flow"),
+    ],
+}
+# Other names training calls a sensor by; the vocabulary's name stays the answer's.
+SENSOR_ALIASES: dict[str, dict[str, list[str]]] = {
+    "temperature": {"en": ["temp"], "zh": ["气温", "室温"]},
+    "humidity": {"en": ["humidity level", "moisture"], "zh": ["湿度值"]},
+    "co2": {"en": ["CO2", "carbon dioxide"], "zh": ["二氧化碳", "CO2"]},
+    "light": {"en": ["brightness", "light"], "zh": ["亮度", "光照"]},
+    "noise": {"en": ["noise", "sound level"], "zh": ["噪声", "噪音水平"]},
+    "pm25": {"en": ["fine dust", "particulate level"], "zh": ["细颗粒物", "PM2.5浓度"]},
+    "pressure": {"en": ["pressure", "barometric pressure"], "zh": ["大气压", "气压值"]},
+    "water_flow": {"en": ["flow rate", "water usage"], "zh": ["水流", "用水量"]},
+}
+# Verbs that turn a device on or off; English training templates with {verb} use them, and
+# Chinese training varies its {state} word the same way.
+COMMAND_VERBS: dict[str, dict[str, list[str]]] = {
+    "en": {
+        "on": ["turn on", "switch on", "start", "power on", "start up"],
+        "off": ["turn off", "switch off", "stop", "power off", "shut off", "shut down"],
+    },
+    "zh": {"on": ["打开", "开启", "启动", "开"], "off": ["关闭", "关掉", "关上", "停掉"]},
+}
+# Openings and endings training wraps requests in, in-domain and refused alike, so that neither
+# tells a kind of request from another.
+WRAPPERS: dict[str, tuple[list[str], list[str]]] = {
+    "en": (
+        ["please ", "hey, ", "hi! ", "quick question: ", "I'd like to know: ", "ok, ", "um, "],
+        [" please", ", thanks", "?", " thank you", "!", " right now"],
+    ),
+    "zh": (
+        ["请问", "你好，", "嗨，", "麻烦你，", "我问一下，", "那个，"],
+        ["？", "，谢谢", "呀", "吧", "！", "，快点"],
+    ),
+}
+WRAPPED_SHARE = 0.4
+
+
 REFUSALS: dict[str, list[str]] = {
     "en": [
         "write a poem about the sea",
@@ -508,11 +724,11 @@ PARAPHRASES: dict[str, list[tuple[str, str, dict[str, str]]]] = {
         ),
         ("How bright is it in the kitchen?", "sensor", {"area": "kitchen", "sensor": "light"}),
         ("Is the speaker still playing?", "device_state", {"device": "speaker"}),
-        ("Tell me if the heater is running", "device_state", {"device": "heater"}),
+        ("Is the heater doing anything right now?", "device_state", {"device": "heater"}),
         ("Switch the fan back on, would you", "command", {"device": "fan", "state": "on"}),
         ("Please shut the speaker up", "command", {"device": "speaker", "state": "off"}),
         (
-            "Make a note that the plumber comes on Friday",
+            "Jot this down for me: the plumber comes on Friday",
             "note",
             {"note": "the plumber comes on Friday"},
         ),
@@ -549,7 +765,7 @@ PARAPHRASES: dict[str, list[tuple[str, str, dict[str, str]]]] = {
         ("看一下暖气有没有在烧", "device_state", {"device": "暖气"}),
         ("把风扇重新打开吧", "command", {"device": "风扇", "state": "on"}),
         ("让音箱安静下来", "command", {"device": "音箱", "state": "off"}),
-        ("记一下：水管工周五来", "note", {"note": "水管工周五来"}),
+        ("顺手记个事：水管工周五来", "note", {"note": "水管工周五来"}),
         ("东京明天天气怎么样，顺便帮我写个提醒", "multi", {"city": "东京", "date": "tomorrow"}),
         ("帮我点一份披萨", "refuse", {}),
         ("柏林墙是哪一年倒的", "refuse", {}),
@@ -658,11 +874,17 @@ def _invented_han(rng: random.Random, kind: str, common: str) -> str:
     # the tokenizer, and a model that copies them copies any name.
     letters = [
         rng.choice(common) if rng.random() < 0.5 else chr(rng.randint(0x4E00, 0x9FA5))
-        for _ in range(rng.randint(2, 3) if kind == "city" else rng.randint(1, 2))
+        for _ in range(_han_length(rng) if kind == "city" else rng.randint(1, 2))
     ]
     if kind != "city" and (len(letters) == 1 or rng.random() < 0.4):
         letters.append(rng.choice(_ROOM_HAN if kind == "area" else _DEVICE_HAN))
     return "".join(letters)
+
+
+def _han_length(rng: random.Random) -> int:
+    # As long as Chinese city names run (2 to 5 characters, most of them 2): a model that only
+    # copies 2 and 3 stops after 3 in 布加勒斯特.
+    return rng.choices((2, 3, 4, 5), weights=(45, 30, 15, 10))[0]
 
 
 @cache
@@ -681,7 +903,21 @@ def _templates(category: str, language: str, split: Split) -> list[str]:
     held = [t for i, t in enumerate(found) if i % 5 == 4]
     if split == "heldout_template":
         return held or found[-1:]
-    return [t for t in found if t not in held] or found
+    kept = [t for t in found if t not in held] or found
+    if split == "train":
+        return kept + TRAIN_TEMPLATES.get((category, language), [])
+    return kept
+
+
+def _wrapped(rng: random.Random, language: Language, text: str, *, end: bool = True) -> str:
+    """``text`` after one of training's openings, or before one of its endings, or as it is."""
+    openings, endings = WRAPPERS[language]
+    draw = rng.random()
+    if draw < WRAPPED_SHARE / 2:
+        return rng.choice(openings) + text
+    if draw < WRAPPED_SHARE and end:
+        return text + rng.choice(endings)
+    return text
 
 
 def generate(
@@ -727,6 +963,8 @@ def _sample(
         # paraphrase split holds requests neither has.
         composed = split == "train" and rng.random() < 0.75
         text = off_topic(rng, language) if composed else rng.choice(REFUSALS[language])
+        if split == "train":
+            text = _wrapped(rng, language, text)
         return _from_slots(rng, language, category, split, text=text, slots={})
     template = rng.choice(_templates(category, language, split))
     city = rng.choice(values.cities)[language]
@@ -739,7 +977,8 @@ def _sample(
             _invent(rng, kind, language, spelling) for kind in ("city", "area", "device")
         )
     date = rng.choice(list(DATES))
-    sensor = rng.choice(vocabulary()["sensors"])
+    sensors = vocabulary()["sensors"]
+    sensor = rng.choice(sensors)
     state = rng.choice(["on", "off"])
     note = rng.choice(NOTES[language])
     words = {
@@ -750,8 +989,23 @@ def _sample(
         "sensor": sensor[language],
         "note": note,
         "state": state if language == "en" else {"on": "打开", "off": "关闭"}[state],
+        "verb": COMMAND_VERBS[language][state][0],
     }
+    if split == "train":
+        # Training's other ways of saying the same: a sensor by another name or by what it
+        # means, another verb for on and off.
+        if category == "sensor" and rng.random() < 0.25:
+            template, meant = rng.choice(SENSOR_QUESTIONS[language])
+            sensor = next(s for s in sensors if s["id"] == meant)
+        elif rng.random() < 0.4:
+            words["sensor"] = rng.choice(SENSOR_ALIASES[sensor["id"]][language])
+        words["verb"] = rng.choice(COMMAND_VERBS[language][state])
+        if language == "zh":
+            words["state"] = words["verb"]
     text = template.format(**words)
+    if split == "train":
+        # A note runs to the end of the request: nothing may follow it.
+        text = _wrapped(rng, language, text, end=category != "note")
     slots = {
         "city": city,
         "date": date,
