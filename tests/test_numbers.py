@@ -18,6 +18,7 @@ CONVERSATION = [
     {"role": "user", "content": "How warm is the kitchen? Remind me at 7."},
     {"role": "assistant", "content": "sensor_reading\n{...} 99"},
     {"role": "tool", "content": '{"area": "kitchen", "sensor": "temperature", "value": 21.5}'},
+    {"role": "tool", "content": '{"area": "garden", "sensor": "temperature", "value": -3}'},
 ]
 TOOLS = [
     {
@@ -39,7 +40,16 @@ def vocab(tiny_model: Model) -> Vocabulary:
 
 
 def test_numbers_come_from_the_users_and_tools_turns_only() -> None:
-    assert numbers_in(CONVERSATION) == {b"7", b"21.5"}
+    assert numbers_in(CONVERSATION) == {b"7", b"21.5", b"-3"}
+    # A dash between numbers is not a sign.
+    assert numbers_in([{"role": "user", "content": "on 2026-11-29, 3-5 or -2"}]) == {
+        b"2026",
+        b"11",
+        b"29",
+        b"3",
+        b"5",
+        b"-2",
+    }
 
 
 def writes(tiny_model: Model, vocab: Vocabulary, text: str) -> bool:
@@ -65,7 +75,9 @@ def writes(tiny_model: Model, vocab: Vocabulary, text: str) -> bool:
         "It is 21.5.",
         "I will remind you at 7, and the CO2 sensor and PM2.5 are names.",
         "No numbers at all",
-        "It is -21.5 outside",
+        "The garden is -3 °C.",
+        "花园-3°C",
+        "Between 7-21.5 degrees",
     ],
 )
 def test_numbers_of_the_conversation_may_be_written(
@@ -82,6 +94,8 @@ def test_numbers_of_the_conversation_may_be_written(
         "The kitchen is 21.55 degrees.",
         "It is 99",  # the model's own earlier turn does not count
         "The kitchen is 21",  # the turn cannot end inside a number (prefix of 21.5)
+        "It is -21.5 outside",  # a sign the reading does not have
+        "The garden is 3 °C.",  # nor one it drops
     ],
 )
 def test_other_numbers_may_not(tiny_model: Model, vocab: Vocabulary, text: str) -> None:
@@ -100,5 +114,6 @@ def test_the_model_under_grounding_writes_only_numbers_it_was_given(
     result = generation.run()
     out = parse_output(result.text, {"sensor_reading"})
     if isinstance(out, PlainText):
-        for number in re.findall(r"(?<![A-Za-z0-9.])\d+(?:\.\d+)?", result.text):
-            assert number in ("7", "21.5") or "21.5".startswith(number), result.text
+        for number in re.findall(r"(?<![A-Za-z0-9.])(?:(?<![\w.])-)?\d+(?:\.\d+)?", result.text):
+            # Cut at max_new_tokens, the answer may end inside a number.
+            assert any(n.startswith(number) for n in ("7", "21.5", "-3")), result.text

@@ -4,8 +4,10 @@ A reading the model did not copy right is worse than no answer: "the kitchen is 
 sensor said 21.5 sends nobody to check. While the model writes a plain answer, every number it
 starts (digits not glued to a word: "CO2" and "PM2.5" are names, not numbers) must be a prefix of
 a number from the user's turns or the tools' observations, and ends only where such a number
-ends. The automaton runs on bytes, so it works for any byte-level BPE vocabulary; tokens without
-digits or dots are settled in bulk, and the mask of each state is cached.
+ends. A minus sign is part of the number: a reading of 12 cannot become -12. A dash right after a
+number is not a sign ("3-5"). The automaton runs on bytes, so it works for any byte-level BPE
+vocabulary; tokens without digits or dots are settled in bulk, and the mask of each state is
+cached.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import numpy as np
 
 from edge_runtime.model.constrain import Mask, Vocabulary
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A minus sign counts where it cannot be a dash: not after a letter, digit or dot ("2026-11-29").
+_NUMBER = re.compile(r"(?:(?<![\w.])-)?\d+(?:\.\d+)?")
 _DIGITS = frozenset(b"0123456789")
 _DOT = ord(".")
+_MINUS = ord("-")
 # (mode, run): "text" after a space, punctuation or non-ASCII; "word" inside a word, where
-# digits are part of a name; "num" inside a number, ``run`` being its bytes so far.
+# digits are part of a name; "sign" after a minus that may start a number; "num" inside a number,
+# ``run`` being its bytes so far.
 _State = tuple[str, bytes]
 
 
 def numbers_in(messages: Iterable[Mapping[str, Any]]) -> frozenset[bytes]:
-    """The numbers of the system, user and tool messages (no sign, as written)."""
+    """The numbers of the system, user and tool messages, as written, with their sign."""
     found: set[bytes] = set()
     for message in messages:
         if message.get("role") in ("system", "user", "tool", "observation"):
@@ -90,7 +95,10 @@ class NumberConstraint:
             if byte in _DIGITS:
                 if mode == "word":
                     continue
-                run = run + bytes((byte,)) if mode == "num" else bytes((byte,))
+                if mode == "num":
+                    run += bytes((byte,))
+                else:
+                    run = (b"-" if mode == "sign" else b"") + bytes((byte,))
                 if run not in self.prefixes:
                     return None
                 mode = "num"
@@ -106,5 +114,8 @@ class NumberConstraint:
                 run = b""
             elif mode == "word" and byte == _DOT:
                 continue  # "PM2.5": the name goes on
+            elif mode == "text" and byte == _MINUS:
+                mode = "sign"
+                continue
             mode = "word" if chr(byte).isascii() and chr(byte).isalpha() else "text"
         return mode, run
