@@ -102,6 +102,20 @@ def test_calls_that_do_not(tiny_model: Model, vocab: Vocabulary, text: str, why:
     assert not accepts(tiny_model, vocab, text), why
 
 
+def test_copied_text_starts_and_ends_on_a_letter_digit_or_ideograph(
+    tiny_model: Model, vocab: Vocabulary
+) -> None:
+    grammar = ToolGrammar.of(TOOLS, "get Beijing's weather, then 上海的天气。")
+
+    def weather(city: str) -> str:
+        return "weather\n" + json.dumps({"city": city}, ensure_ascii=False)
+
+    for city in ("Beijing", "Beijing's", "Beijing's weather", "上海", "上海的天气"):
+        assert accepts(tiny_model, vocab, weather(city), grammar), city
+    for city in ("Beijing'", "'s weather", "weather,", ", then", "上海的天气。", "。"):
+        assert not accepts(tiny_model, vocab, weather(city), grammar), city
+
+
 def test_a_plain_answer_is_left_alone(tiny_model: Model, vocab: Vocabulary) -> None:
     constraint = ToolCallConstraint(ToolGrammar.of(TOOLS, MESSAGE), vocab)
     for token in tiny_model.tokenizer.encode("\nIt will rain."):

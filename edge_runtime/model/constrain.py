@@ -181,23 +181,24 @@ class ToolGrammar:
 
 
 def _word_bounds(text: str) -> tuple[frozenset[int], frozenset[int]]:
-    """Where copied text may start and stop: at word edges, never at a space.
+    """Where copied text may start and stop: at word edges, on a letter, digit or ideograph.
 
     Between two letters or digits of a spaced script is inside a word ("San" is not a city of
     "Sanya"); every character of a script written without spaces (Han, kana) is its own edge.
-    Offsets are in UTF-8 bytes, as the grammar reads them.
+    Copied text neither starts nor ends with a space or punctuation: "Beijing'" of "Beijing's"
+    or "weather," is no name. Offsets are in UTF-8 bytes, as the grammar reads them.
     """
     starts: set[int] = set()
     stops: set[int] = set()
     offset = 0
     for index, char in enumerate(text):
         before = text[index - 1] if index else ""
-        if not char.isspace() and not (_joins(before) and _joins(char)):
+        if char.isalnum() and not (_joins(before) and _joins(char)):
             starts.add(offset)
-        if before and not before.isspace() and not (_joins(before) and _joins(char)):
+        if before.isalnum() and not (_joins(before) and _joins(char)):
             stops.add(offset)
         offset += len(char.encode())
-    if text and not text[-1].isspace():
+    if text and text[-1].isalnum():
         stops.add(offset)
     return frozenset(starts), frozenset(stops)
 
