@@ -302,6 +302,10 @@ class OrchestratorSettings(_Section):
     # request mentions. Turn off if device names nest ("lamp" known, "floor lamp" not yet):
     # the request "the floor lamp" would be held to "lamp".
     grounded_names: bool = True
+    # After a tool call the model wrote fails: "answer" says which call failed and why, and the
+    # model writes no more (a small model never trained on failures invents a result: "the lamp
+    # is on"); "model" gives it the error to read, to try again or explain, as GLM-4 can.
+    after_tool_error: Literal["answer", "model"] = "answer"
     step_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int = Field(128, ge=1)
     # Allowed URL prefixes for http tools, e.g. "http://192.168.1.10:8080/".

@@ -307,6 +307,28 @@ def test_the_model_tool_loop_calls_then_answers(tmp_path: Path) -> None:
     assert "".join(streamed) == "The echo said ping."
 
 
+@pytest.mark.parametrize("after", ["answer", "model"])
+def test_a_failed_call_the_model_made_is_told_or_read(tmp_path: Path, after: str) -> None:
+    tools = [{**TOOLS[1], "entry_point": "tool_functions:raises"}]
+    model = ScriptedModel('echo\n{"text": "ping"}', "\nThe echo is on.")
+    orch = build(tmp_path, model, tools, after_tool_error=after)
+    streamed: list[str] = []
+    try:
+        answer = ask(orch, "could you bounce a word off the echo tool", stream=streamed)
+    finally:
+        close(orch)
+    assert "sensor bus is down" in answer.tool_calls[0]["error"]
+    if after == "answer":
+        # The model writes nothing after the failure: it would invent a result.
+        assert len(model.calls) == 1
+        assert answer.text.startswith("echo failed: ") and "sensor bus is down" in answer.text
+        assert "".join(streamed) == answer.text
+    else:
+        assert len(model.calls) == 2
+        assert "sensor bus is down" in model.calls[1]["messages"][-1]["content"]
+        assert answer.text == "The echo is on."
+
+
 def test_the_tool_loop_is_bounded(tmp_path: Path) -> None:
     model = ScriptedModel('echo\n{"text": "again"}')
     orch = build(tmp_path, model, max_tool_steps=3)

@@ -78,6 +78,9 @@ class PlanRunner:
     grounded: bool = True
     # And room and device arguments to the known names the message mentions.
     grounded_names: bool = True
+    # "answer": a failed call the model made ends the step, saying why; "model": the model
+    # reads the error and goes on.
+    after_tool_error: str = "answer"
     clock: Callable[[], float] = time.monotonic
     # Formats a tool result for the model's context and the answer; set by the orchestrator.
     describe: Callable[[ToolCall, str], str] = field(
@@ -252,6 +255,10 @@ class PlanRunner:
                     device=ctx.device,
                 )
                 result.calls.append(call)
+                if call.error is not None and self.after_tool_error == "answer":
+                    result.text = self.describe(call, plan.language)
+                    await result.deltas.put(result.text)
+                    return
                 observation = self.tools.observation(call)
             else:
                 observation = {"error": output.reason}

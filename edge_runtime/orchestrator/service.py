@@ -83,6 +83,7 @@ class Orchestrator:
         max_tool_steps: int = 4,
         grounded: bool = True,
         grounded_names: bool = True,
+        after_tool_error: str = "answer",
         max_new_tokens: int = 128,
         bad_rating: int = 2,
         clock: Callable[[], float] = time.monotonic,
@@ -107,6 +108,7 @@ class Orchestrator:
             max_tool_steps=max_tool_steps,
             grounded=grounded,
             grounded_names=grounded_names,
+            after_tool_error=after_tool_error,
             clock=clock,
             describe=self._describe,
         )
@@ -183,6 +185,7 @@ class Orchestrator:
             max_tool_steps=conf.max_tool_steps,
             grounded=conf.grounded_tool_calls,
             grounded_names=conf.grounded_names,
+            after_tool_error=conf.after_tool_error,
             max_new_tokens=conf.max_new_tokens,
             bad_rating=conf.bad_rating,
             clock=clock,
