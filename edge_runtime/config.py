@@ -210,6 +210,15 @@ class ToolParameter(_Section):
     # Names in the user's words become ids before the call: "areas" through
     # orchestrator.areas, "devices" through the configured and registered device names.
     resolve: Literal["areas", "devices"] | None = None
+    # With resolve: a name that is no known area or device fails the call, instead of going
+    # on as the user wrote it. For commands: nothing is sent to a device nobody registered.
+    known_only: bool = False
+
+    @model_validator(mode="after")
+    def _known_only_resolves(self) -> ToolParameter:
+        if self.known_only and self.resolve is None:
+            raise ValueError("known_only needs resolve")
+        return self
 
 
 class ToolSettings(_Section):

@@ -284,6 +284,32 @@ def test_mqtt_publish_sends_the_command_and_says_so() -> None:
     assert offline.error == "set_device: MQTT is off"
 
 
+def test_known_only_sends_nothing_to_a_device_nobody_registered() -> None:
+    sent: list[tuple[str, bytes, bool]] = []
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> None:
+        sent.append((topic, payload, retain))
+
+    spec = tool(
+        name="set_device",
+        kind="mqtt_publish",
+        topic="devices/{name}/set",
+        payload="{state}",
+        parameters={
+            "name": {"resolve": "devices", "known_only": True},
+            "state": {"enum": ["on", "off"]},
+        },
+    )
+    gateway = ToolGateway.build([spec], publish=publish)
+    gateway.set_names("devices", {"lamp-1": ["desk lamp"]})
+    stray = call(gateway, "set_device", {"name": "play some", "state": "on"})
+    assert stray.error == "set_device: no device is called 'play some'" and not sent
+    known = call(gateway, "set_device", {"name": "desk lamp", "state": "on"})
+    assert known.ok and sent == [("devices/lamp-1/set", b"on", False)]
+    with pytest.raises(ValueError, match="known_only needs resolve"):
+        tool(name="t", kind="mqtt_publish", topic="x/{a}", parameters={"a": {"known_only": True}})
+
+
 def test_note_tools_keep_the_note_for_the_calling_device() -> None:
     kept: list[tuple[str, str]] = []
 

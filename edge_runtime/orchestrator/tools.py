@@ -537,7 +537,11 @@ class ToolGateway:
         for key, spec in tool.settings.parameters.items():
             value = out.get(key)
             if spec.resolve is not None and isinstance(value, str):
-                out[key] = self.names.get(spec.resolve, {}).get(value.casefold(), value)
+                known = self.names.get(spec.resolve, {})
+                if spec.known_only and value.casefold() not in known:
+                    kind = "area" if spec.resolve == "areas" else "device"
+                    raise ToolError(f"{tool.name}: no {kind} is called {value!r}")
+                out[key] = known.get(value.casefold(), value)
         return out
 
     def for_intent(self, intent: str) -> Tool | None:
