@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -258,19 +258,32 @@ def test_names_resolve_to_ids_and_the_model_sees_what_it_asked_for() -> None:
     assert gateway.observation(unknown) == {"error": unknown.error}
 
 
-def test_mqtt_publish_sends_the_command_and_says_so() -> None:
-    sent: list[tuple[str, bytes, bool]] = []
+Sent = list[tuple[str, bytes, bool]]
+
+
+def publisher() -> tuple[Sent, Callable[[str, bytes, bool], Awaitable[None]]]:
+    """What a publish function was given, and the function."""
+    sent: Sent = []
 
     async def publish(topic: str, payload: bytes, retain: bool) -> None:
         sent.append((topic, payload, retain))
 
-    spec = tool(
+    return sent, publish
+
+
+def set_device(**name: Any) -> ToolSettings:
+    return tool(
         name="set_device",
         kind="mqtt_publish",
         topic="devices/{name}/set",
         payload="{state}",
-        parameters={"name": {"resolve": "devices"}, "state": {"enum": ["on", "off"]}},
+        parameters={"name": {"resolve": "devices", **name}, "state": {"enum": ["on", "off"]}},
     )
+
+
+def test_mqtt_publish_sends_the_command_and_says_so() -> None:
+    sent, publish = publisher()
+    spec = set_device()
     gateway = ToolGateway.build([spec], publish=publish)
     gateway.set_names("devices", {"lamp-1": ["desk lamp"]})
     done = call(gateway, "set_device", {"name": "Desk Lamp", "state": "off"})
@@ -285,22 +298,8 @@ def test_mqtt_publish_sends_the_command_and_says_so() -> None:
 
 
 def test_known_only_sends_nothing_to_a_device_nobody_registered() -> None:
-    sent: list[tuple[str, bytes, bool]] = []
-
-    async def publish(topic: str, payload: bytes, retain: bool) -> None:
-        sent.append((topic, payload, retain))
-
-    spec = tool(
-        name="set_device",
-        kind="mqtt_publish",
-        topic="devices/{name}/set",
-        payload="{state}",
-        parameters={
-            "name": {"resolve": "devices", "known_only": True},
-            "state": {"enum": ["on", "off"]},
-        },
-    )
-    gateway = ToolGateway.build([spec], publish=publish)
+    sent, publish = publisher()
+    gateway = ToolGateway.build([set_device(known_only=True)], publish=publish)
     gateway.set_names("devices", {"lamp-1": ["desk lamp"]})
     stray = call(gateway, "set_device", {"name": "play some", "state": "on"})
     assert stray.error == "set_device: no device is called 'play some'" and not sent
