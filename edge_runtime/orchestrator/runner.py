@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from edge_runtime.model.constrain import Grounding
 from edge_runtime.orchestrator.llm import DeltaSink, Generated, Generator, trim_start
@@ -80,7 +80,7 @@ class PlanRunner:
     grounded_names: bool = True
     # "answer": a failed call the model made ends the step, saying why; "model": the model
     # reads the error and goes on.
-    after_tool_error: str = "answer"
+    after_tool_error: Literal["answer", "model"] = "answer"
     clock: Callable[[], float] = time.monotonic
     # Formats a tool result for the model's context and the answer; set by the orchestrator.
     describe: Callable[[ToolCall, str], str] = field(

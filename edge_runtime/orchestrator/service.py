@@ -83,7 +83,7 @@ class Orchestrator:
         max_tool_steps: int = 4,
         grounded: bool = True,
         grounded_names: bool = True,
-        after_tool_error: str = "answer",
+        after_tool_error: Literal["answer", "model"] = "answer",
         max_new_tokens: int = 128,
         bad_rating: int = 2,
         clock: Callable[[], float] = time.monotonic,
