@@ -23,7 +23,7 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     """Which model to serve and how generations are bounded."""
 
-    path: Path = Path("models/glm-tiny")
+    path: Path = Path("models/glm-edge-mini")
     # Hashing a multi-GB graph takes seconds: "full" checks every byte against the manifest,
     # "size" only the sizes, "off" nothing.
     verify: Literal["full", "size", "off"] = "full"

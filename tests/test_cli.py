@@ -50,7 +50,7 @@ def test_check_config_prints_resolved_settings() -> None:
     assert done.returncode == 0, done.stderr
     body = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("#"))
     resolved = json.loads(body)
-    assert resolved["model"]["path"].endswith("models/glm-tiny")
+    assert resolved["model"]["path"].endswith("models/glm-edge-mini")
     assert "profile" in done.stdout
 
 

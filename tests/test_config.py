@@ -8,6 +8,8 @@ import pytest
 
 from edge_runtime.config import Settings, build_settings, load_settings, merge
 from edge_runtime.errors import ConfigError
+from edge_runtime.model import dataset
+from edge_runtime.orchestrator.tools import Tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +28,15 @@ def test_defaults_without_a_file() -> None:
 
 def test_shipped_config_is_valid() -> None:
     settings = load_settings(ROOT / "edge-runtime.toml")
-    assert settings.model.path == ROOT / "models" / "glm-tiny"
+    assert settings.model.path == ROOT / "models" / "glm-edge-mini"
+
+
+def test_the_shipped_model_is_offered_the_tools_it_was_trained_with() -> None:
+    # glm-edge-mini reads the system block it was trained on only if the config declares the
+    # dataset's tools, in its order, to the letter.
+    settings = load_settings(ROOT / "edge-runtime.toml")
+    offered = [Tool(spec).schema() for spec in settings.tools if spec.offer_to_model]
+    assert offered == dataset.tool_schemas()
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:

@@ -34,6 +34,21 @@ def test_committed_model_loads_and_is_small(tiny_dir: Path) -> None:
         assert model.decoder.layout.layers == 4
 
 
+def test_the_default_model_ships_int8_only_with_its_card() -> None:
+    # The default config's model: trained (not random), INT8, under 25 MB, every file as its
+    # manifest says, and a model card that gives its figures.
+    shipped = Path(__file__).resolve().parents[1] / "models" / "glm-edge-mini"
+    manifest = read_manifest(shipped)
+    assert manifest.graph == "model_int8.onnx" and manifest.quantization is not None
+    assert "model train" in manifest.source.model
+    assert sum(p.stat().st_size for p in shipped.iterdir()) < 25 * 1024 * 1024
+    assert not (shipped / "model.onnx").exists()
+    assert main(["model", "verify", str(shipped)]) == 0
+    card = (shipped / "README.md").read_text()
+    for heading in ("## Training data", "## Training", "## Evaluation", "## Limits"):
+        assert heading in card, heading
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "model_int8.onnx"])
 def test_missing_file_is_named(model_copy: Path, name: str) -> None:
     (model_copy / name).unlink()

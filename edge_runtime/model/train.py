@@ -34,7 +34,7 @@ class TrainSettings:
     # The recipe that learned to copy readings into answers on a 2-vCPU box (docs/models.md):
     # 1,024-token batches at 1e-3 in one process. Runs with 2,048-token batches at 1.5e-3 over
     # two processes did not start to copy in 28 to 52 minutes.
-    minutes: float = 40.0
+    minutes: float = 45.0
     max_steps: int = 0  # 0: until the time is up
     batch_tokens: int = 1024
     # A conversation is ~1,050 tokens, ~950 of them the system block listing the tools.
